@@ -73,3 +73,24 @@ def reference_outputs(model, ids, mask):
     out = model.model(input_ids=t_ids, attention_mask=t_mask, position_ids=pos, output_hidden_states=True)
     logits = model(input_ids=t_ids, attention_mask=t_mask, position_ids=pos).logits[:, 0]
   return [h.numpy() for h in out.hidden_states], out.last_hidden_state.numpy(), logits.numpy()
+
+
+def make_tokenizer(vocab_size: int = VOCAB, pad="<pad>", bos="<bos>", eos="<eos>"):
+  """A small BPE tokenizer trained on real English text, with pad/eos/bos at ids 0/1/2 (Gemma order)."""
+  import gzip
+  import json
+
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+  from tests.conftest import RAW_DATA
+  with gzip.open(RAW_DATA / "hh-rlhf-harmless" / "test.jsonl.gz", "rt") as f:
+    corpus = [json.loads(line)["chosen"] for _, line in zip(range(200), f)]
+  tok = Tokenizer(models.BPE(unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[pad, eos, bos, "<unk>"])
+  tok.train_from_iterator(corpus, trainer)
+  from tokenizers.processors import TemplateProcessing
+  tok.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos, eos_token=eos,
+                                              unk_token="<unk>")
+  return fast

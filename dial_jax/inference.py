@@ -1,0 +1,51 @@
+"""Batched reward scoring of texts: length-bucketed, fixed shapes (one compile per bucket), in input order."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from dial_jax.data import batching, tokenize
+from dial_jax.hf import load
+
+
+class Scorer:
+  """Rewards (and pooled embeddings) of a reward model for lists of texts."""
+
+  def __init__(self, model, variables, tokenizer, *, batch_size: int = 8, max_length: int = 1024):
+    self.model, self.variables, self.tokenizer = model, variables, tokenizer
+    self.batch_size, self.max_length = batch_size, max_length
+    self.buckets = batching.bucket_lengths(max_length)
+    pad_id = model.config.pad_token_id
+    self.pad_id = tokenizer.pad_token_id if pad_id is None else pad_id
+    self._apply = jax.jit(lambda v, ids, mask: model.apply(v, ids, mask))
+
+  @classmethod
+  def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32, **kwargs) -> "Scorer":
+    """From an HF directory, a bundled model name or a hub id (see ``dial_jax.hf.load``)."""
+    model, variables, model_dir = load.load_reward_model(name_or_path, dtype=dtype)
+    return cls(model, variables, load.load_tokenizer(model_dir), **kwargs)
+
+  def score(self, texts: Sequence[str], *, progress: bool = False, return_embeddings: bool = False):
+    """Rewards [N] float32 (and embeddings [N, D]) in the order of ``texts``."""
+    token_lists = tokenize.encode(self.tokenizer, texts, self.max_length)
+    rewards = np.zeros(len(texts), np.float32)
+    embeddings = None
+    bar = tqdm(total=len(texts), desc="scoring", unit="text", disable=not progress)
+    for idx in batching.length_sorted_batches([len(t) for t in token_lists], self.batch_size):
+      length = batching.bucket_for(max(len(token_lists[i]) for i in idx), self.buckets)
+      ids, mask = batching.pad([token_lists[i] for i in idx], length, self.pad_id, rows=self.batch_size)
+      out = self._apply(self.variables, ids, mask)
+      rewards[idx] = np.asarray(out["rewards"])[:len(idx)]
+      if return_embeddings:
+        emb = np.asarray(out["embeddings"])[:len(idx)]
+        if embeddings is None:
+          embeddings = np.zeros((len(texts), emb.shape[-1]), np.float32)
+        embeddings[idx] = emb
+      bar.update(len(idx))
+    bar.close()
+    return (rewards, embeddings) if return_embeddings else rewards
