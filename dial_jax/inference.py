@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from dial_jax import metrics
 from dial_jax.data import batching, tokenize
 from dial_jax.hf import load
 
@@ -33,9 +34,14 @@ class Scorer:
   def score(self, texts: Sequence[str], *, progress: bool = False, return_embeddings: bool = False):
     """Rewards [N] float32 (and embeddings [N, D]) in the order of ``texts``."""
     token_lists = tokenize.encode(self.tokenizer, texts, self.max_length)
-    rewards = np.zeros(len(texts), np.float32)
+    return self.score_tokens(token_lists, progress=progress, return_embeddings=return_embeddings)
+
+  def score_tokens(self, token_lists: Sequence[Sequence[int]], *, progress: bool = False,
+                   return_embeddings: bool = False):
+    """Like :meth:`score` for already tokenized texts."""
+    rewards = np.zeros(len(token_lists), np.float32)
     embeddings = None
-    bar = tqdm(total=len(texts), desc="scoring", unit="text", disable=not progress)
+    bar = tqdm(total=len(token_lists), desc="scoring", unit="text", disable=not progress)
     for idx in batching.length_sorted_batches([len(t) for t in token_lists], self.batch_size):
       length = batching.bucket_for(max(len(token_lists[i]) for i in idx), self.buckets)
       ids, mask = batching.pad([token_lists[i] for i in idx], length, self.pad_id, rows=self.batch_size)
@@ -44,8 +50,21 @@ class Scorer:
       if return_embeddings:
         emb = np.asarray(out["embeddings"])[:len(idx)]
         if embeddings is None:
-          embeddings = np.zeros((len(texts), emb.shape[-1]), np.float32)
+          embeddings = np.zeros((len(token_lists), emb.shape[-1]), np.float32)
         embeddings[idx] = emb
       bar.update(len(idx))
     bar.close()
     return (rewards, embeddings) if return_embeddings else rewards
+
+
+def evaluate_domain(scorer: Scorer, domain) -> dict[str, float]:
+  """Pairwise accuracy (pairs) or Pearson/Spearman with the human score (scored texts) of one split."""
+  if domain.kind == "pairs":
+    rewards = scorer.score_tokens(list(domain.chosen) + list(domain.rejected))
+    n = len(domain.chosen)
+    chosen, rejected = rewards[:n], rewards[n:]
+    return {"accuracy": metrics.pairwise_accuracy(chosen, rejected), "margin": float(np.mean(chosen - rejected)),
+            "n": n}
+  rewards = scorer.score_tokens(domain.texts)
+  return {"pearson": metrics.pearson(rewards, domain.scores), "spearman": metrics.spearman(rewards, domain.scores),
+          "n": len(domain.texts)}

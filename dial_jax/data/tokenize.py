@@ -20,6 +20,8 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
   A text longer than ``max_length`` keeps its first special token and its *last* tokens: a reward is read at
   the end of the response, so the end must survive truncation.
   """
+  if not texts:
+    return []
   encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
   bos = tokenizer.bos_token_id
   out = []

@@ -1,0 +1,106 @@
+"""Defaults shared by every setting. Each setting file overrides what differs; ``:paper`` selects paper scale.
+
+Every key can be overridden on the command line, e.g. ``--config.train.num_steps=10``.
+"""
+import os
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "gemma-3-270m"     # HF dir, bundled name (gemma-3-270m, smollm2-135m) or hub id
+  c.model.dtype = "float32"         # compute dtype: float32 | bfloat16 (master weights stay param_dtype)
+  c.model.param_dtype = "float32"
+  c.model.pooling = "last"          # last | mean
+  c.model.remat_policy = "none"     # none | full | dots | dots_no_batch
+  c.model.head_seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = os.environ.get("DIAL_DATA_DIR", "data")  # output of `python -m dial_jax.prepare`
+  c.data.setting = "few_shot"       # subfolder of data.dir
+  c.data.max_length = 256
+  c.data.min_bucket = 64            # padded lengths are powers of two from here up to max_length
+  c.data.skip_bad_rows = False
+  c.data.max_eval_examples = 200    # per eval set; 0 = all
+  c.data.eval_batch_size = 8
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 100
+  c.train.batch_size = 2            # pairs per domain per optimizer step (the paper's 2)
+  c.train.grad_accum_steps = 1
+  c.train.learning_rate = 5e-5
+  c.train.lr_schedule = "cosine"    # constant | linear | cosine (after warm-up)
+  c.train.warmup_steps = 0
+  c.train.weight_decay = 0.01
+  c.train.max_grad_norm = 1.0       # 0 disables clipping
+  c.train.trainable = "lora"        # lora | full | top_k
+  c.train.top_k_layers = 2          # with trainable=top_k: the last k layers (+ final norm) train
+  c.train.seed = 0
+  c.train.log_every = 10
+  c.train.eval_every = 0            # 0 = only at the end
+  c.train.checkpoint_every = 50
+  c.train.keep_checkpoints = 2
+  c.train.on_nonfinite = "skip"     # skip | stop
+
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 64
+  c.lora.alpha = 64.0
+  c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+  c.dial = ml_collections.ConfigDict()
+  c.dial.mode = "dial"              # dial | source_only | oracle
+  c.dial.domain_loss = "wdgrl"      # wdgrl | mmd | coral | dann
+  c.dial.lambda_ = 0.01
+  c.dial.lambda_warmup_steps = 0    # linear warm-up of lambda from 0
+  c.dial.gamma = 1.0                # WDGRL gradient-penalty weight
+  c.dial.critic_iter = 3
+  c.dial.critic_widths = (256, 128)
+  c.dial.critic_activation = "none"  # none (what the authors' code really built) | gelu | relu
+  c.dial.critic_learning_rate = 1e-4
+  c.dial.critic_weight_decay = 1e-3
+  c.dial.aux = "none"               # none | source_sft | target_ntp (auxiliary LM-loss baselines)
+  c.dial.aux_weight = 1.0
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                  # -1: all remaining devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  return c
+
+
+def paper_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper's model and hyperparameters (gemma-2b from the hub; for TPU pods / GPUs)."""
+  c.model.name = "google/gemma-2b"
+  c.model.dtype = "bfloat16"
+  c.data.max_length = 1024
+  c.data.max_eval_examples = 0
+  c.data.eval_batch_size = 32
+  c.train.batch_size = 2
+  c.train.grad_accum_steps = 2
+  c.train.learning_rate = 5e-5
+  c.train.weight_decay = 0.01
+  c.train.trainable = "lora"
+  c.lora.rank = 64
+  c.lora.alpha = 64.0
+  c.dial.lambda_ = 0.01
+  c.dial.gamma = 1.0
+  c.dial.critic_iter = 3
+  c.dial.critic_widths = (256, 128)
+  c.dial.critic_learning_rate = 1e-4
+  c.dial.critic_weight_decay = 1e-3
+  c.train.log_every = 50
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 500
+  return c
+
+
+def finish(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Apply the preset named by the config argument ('' = CPU default, 'paper')."""
+  if arg in (None, "", "default", "cpu"):
+    return c
+  if arg == "paper":
+    return paper_scale(c)
+  raise ValueError(f"unknown config preset {arg!r}: use '' (default) or 'paper'")

@@ -1,0 +1,137 @@
+"""Canonical JSONL -> tokenized domains -> deterministic paired source/target train batches.
+
+A batch is a pure function of (seed, step): the iterator position that a checkpoint must hold is the
+step alone, so a resumed run sees exactly the batches an uninterrupted one would have seen. Each
+process of a multi-host job builds only its own rows of every global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dial_jax.data import batching, tokenize
+from dial_jax.data import io as dio
+
+
+@dataclasses.dataclass
+class Domain:
+  """Tokenized examples of one split: preference pairs, or texts with a score."""
+
+  name: str
+  kind: str                                   # "pairs" | "scored"
+  chosen: list[list[int]] = dataclasses.field(default_factory=list)
+  rejected: list[list[int]] = dataclasses.field(default_factory=list)
+  texts: list[list[int]] = dataclasses.field(default_factory=list)
+  scores: np.ndarray | None = None
+  n_skipped: int = 0
+
+  def __len__(self) -> int:
+    return len(self.chosen) if self.kind == "pairs" else len(self.texts)
+
+
+def file_kind(path: str | Path) -> str:
+  """'scored' if the first row has a ``score`` field, else 'pairs'."""
+  with open(path, "rb") as f:
+    for raw in f:
+      if raw.strip():
+        try:
+          return "scored" if "score" in json.loads(raw) else "pairs"
+        except json.JSONDecodeError:
+          return "pairs"  # let the validating loader report the row
+  return "pairs"
+
+
+def load_domain(path: str | Path, tokenizer, max_length: int, *, skip_bad_rows: bool = False,
+                limit: int = 0) -> Domain:
+  """Load (through ``datasets``, validating every row) and tokenize a canonical JSONL split."""
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: run `python -m dial_jax.prepare --out_dir=...` and point "
+                            "--config.data.dir at its output")
+  kind = file_kind(path)
+  loader = dio.load_scored if kind == "scored" else dio.load_pairs
+  ds, skipped = loader(path, skip_bad_rows=skip_bad_rows)
+  if limit:
+    ds = ds.select(range(min(limit, len(ds))))
+  domain = Domain(name=path.stem, kind=kind, n_skipped=skipped)
+  if kind == "pairs":
+    domain.chosen = tokenize.encode(tokenizer, [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_chosen"])],
+                                    max_length)
+    domain.rejected = tokenize.encode(
+        tokenizer, [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_rejected"])], max_length)
+  else:
+    prompts = ds["prompt"] if "prompt" in ds.column_names else [None] * len(ds)
+    domain.texts = tokenize.encode(tokenizer, [tokenize.join(p or "", t) for p, t in zip(prompts, ds["text"])],
+                                   max_length)
+    domain.scores = np.asarray(ds["score"], np.float32)
+  return domain
+
+
+def _epoch_index(n: int, seed: int, salt: int, global_positions: np.ndarray) -> np.ndarray:
+  """Item index for each global sample position: a fresh seeded permutation of the n items per epoch."""
+  out = np.empty(len(global_positions), np.int64)
+  epochs = global_positions // n
+  for epoch in np.unique(epochs):
+    perm = np.random.default_rng([seed, salt, int(epoch)]).permutation(n)
+    sel = epochs == epoch
+    out[sel] = perm[global_positions[sel] % n]
+  return out
+
+
+class PairedBatches:
+  """``batch(step)``: source pairs + target pairs (or score-ordered pairs of scored texts) for one step.
+
+  Arrays have shape ``[grad_accum, rows, length]`` with rows = 2 * pairs-per-micro-batch (chosen rows,
+  then rejected rows); ``length`` is the smallest bucket that fits every text of the step.
+  """
+
+  def __init__(self, source: Domain, target: Domain, *, batch_size: int, grad_accum_steps: int, buckets: Sequence[int],
+               pad_id: int, seed: int, process_index: int = 0, process_count: int = 1):
+    if source.kind != "pairs":
+      raise ValueError(f"the source domain must be preference pairs, {source.name} holds scored texts")
+    if batch_size % grad_accum_steps:
+      raise ValueError(f"train.batch_size {batch_size} must be divisible by grad_accum_steps {grad_accum_steps}")
+    micro = batch_size // grad_accum_steps
+    if micro % process_count:
+      raise ValueError(f"pairs per micro-batch ({micro}) must be divisible by the process count ({process_count})")
+    for d in (source, target):
+      if len(d) == 0 or (d.kind == "scored" and len(d) < 2):
+        raise ValueError(f"domain {d.name} has too few examples ({len(d)})")
+    self.source, self.target = source, target
+    self.batch_size, self.accum, self.micro = batch_size, grad_accum_steps, micro
+    self.buckets, self.pad_id, self.seed = tuple(buckets), pad_id, seed
+    self.process_index, self.process_count = process_index, process_count
+
+  def _pairs(self, domain: Domain, salt: int, step: int):
+    """(chosen token lists, rejected token lists, weights) in global order for one step."""
+    positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+    if domain.kind == "pairs":
+      idx = _epoch_index(len(domain), self.seed, salt, positions)
+      return [domain.chosen[i] for i in idx], [domain.rejected[i] for i in idx], np.ones(len(idx), np.float32)
+    # Scored texts: two draws per pair; the higher score is "chosen", ties get weight 0 (no label).
+    a = _epoch_index(len(domain), self.seed, salt, 2 * positions)
+    b = _epoch_index(len(domain), self.seed, salt, 2 * positions + 1)
+    swap = domain.scores[a] < domain.scores[b]
+    hi, lo = np.where(swap, b, a), np.where(swap, a, b)
+    weight = (domain.scores[a] != domain.scores[b]).astype(np.float32)
+    return [domain.texts[i] for i in hi], [domain.texts[i] for i in lo], weight
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    s_c, s_r, _ = self._pairs(self.source, 0, step)
+    t_c, t_r, t_w = self._pairs(self.target, 1, step)
+    length = batching.bucket_for(max(len(t) for t in s_c + s_r + t_c + t_r), self.buckets)
+    per_proc = self.micro // self.process_count
+    out = {k: [] for k in ("source_ids", "source_mask", "target_ids", "target_mask", "target_pair_weight")}
+    for m in range(self.accum):
+      start = m * self.micro + self.process_index * per_proc
+      rows = slice(start, start + per_proc)
+      for prefix, chosen, rejected in (("source", s_c, s_r), ("target", t_c, t_r)):
+        ids, mask = batching.pad(chosen[rows] + rejected[rows], length, self.pad_id)
+        out[f"{prefix}_ids"].append(ids)
+        out[f"{prefix}_mask"].append(mask)
+      out["target_pair_weight"].append(t_w[rows])
+    return {k: np.stack(v) for k, v in out.items()}

@@ -1,0 +1,59 @@
+"""Evaluation metrics (pairwise accuracy, Pearson, Spearman) and the metrics writer."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def pairwise_accuracy(r_chosen, r_rejected) -> float:
+  """Fraction of pairs whose chosen response gets the higher reward (ties count one half)."""
+  r_chosen, r_rejected = np.asarray(r_chosen, np.float64), np.asarray(r_rejected, np.float64)
+  return float(np.mean((r_chosen > r_rejected) + 0.5 * (r_chosen == r_rejected)))
+
+
+def pearson(x, y) -> float:
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  x, y = x - x.mean(), y - y.mean()
+  denom = np.sqrt((x * x).sum() * (y * y).sum())
+  return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
+def rankdata(x) -> np.ndarray:
+  """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata)."""
+  x = np.asarray(x)
+  order = np.argsort(x, kind="stable")
+  ranks = np.empty(len(x), np.float64)
+  sorted_x = x[order]
+  start = 0
+  for end in range(1, len(x) + 1):
+    if end == len(x) or sorted_x[end] != sorted_x[start]:
+      ranks[order[start:end]] = (start + end + 1) / 2.0
+      start = end
+  return ranks
+
+
+def spearman(x, y) -> float:
+  return pearson(rankdata(x), rankdata(y))
+
+
+class MetricWriter:
+  """Appends one JSON object per line to ``<workdir>/metrics.jsonl`` (only where ``enabled``)."""
+
+  def __init__(self, workdir: str | Path, enabled: bool = True):
+    self.path = Path(workdir) / "metrics.jsonl"
+    self.enabled = enabled
+
+  def write(self, step: int, kind: str, values: dict) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), "kind": kind, "time": time.time(), **{k: _py(v) for k, v in values.items()}}
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def _py(v):
+  v = np.asarray(v)
+  return v.item() if v.ndim == 0 else v.tolist()

@@ -1,0 +1,115 @@
+"""Train state: trainable and frozen parameters kept apart, the critic, both optimizer states, step, RNG."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from dial_jax import losses
+from dial_jax.models.critic import Critic
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  trainable: Any          # the variables the reward-model optimizer updates (a partial variables tree)
+  frozen: Any             # the rest, never updated
+  critic: Any             # critic (WDGRL) or domain classifier (DANN) variables; {} for mmd/coral
+  opt_state: Any
+  critic_opt_state: Any
+  rng: jax.Array
+
+
+def _flat(tree) -> dict[tuple, Any]:
+  return flax.traverse_util.flatten_dict(tree)
+
+
+def _unflat(flat: dict[tuple, Any]):
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def trainable_predicate(config: ml_collections.ConfigDict, num_layers: int) -> Callable[[tuple], bool]:
+  """Which variable paths train, from ``train.trainable``: lora (adapters + head), full, or top_k layers."""
+  mode = config.train.trainable
+  if mode == "lora":
+    if config.lora.rank <= 0:
+      raise ValueError("train.trainable=lora needs lora.rank > 0")
+    return lambda path: path[0] == "lora" or path[:2] == ("params", "score")
+  if mode == "full":
+    return lambda path: True
+  if mode == "top_k":
+    k = config.train.top_k_layers
+    if not 0 < k <= num_layers:
+      raise ValueError(f"train.top_k_layers must be in 1..{num_layers}, got {k}")
+    top = {f"layers_{i}" for i in range(num_layers - k, num_layers)}
+    return lambda path: (path[:2] == ("params", "score") or (path[:2] == ("params", "backbone")
+                         and (path[2] in top or path[2] == "norm")))
+  raise ValueError(f"train.trainable must be lora, full or top_k, got {mode!r}")
+
+
+def partition(variables, predicate) -> tuple[Any, Any]:
+  """Split a variables tree into (trainable, frozen) partial trees."""
+  flat = _flat(variables)
+  return (_unflat({k: v for k, v in flat.items() if predicate(k)}),
+          _unflat({k: v for k, v in flat.items() if not predicate(k)}))
+
+
+def merge(trainable, frozen):
+  """Inverse of :func:`partition`."""
+  return _unflat({**_flat(frozen), **_flat(trainable)})
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  t = config.train
+  decay_steps = max(t.num_steps - t.warmup_steps, 1)
+  if t.lr_schedule == "constant":
+    after = optax.constant_schedule(t.learning_rate)
+  elif t.lr_schedule == "linear":
+    after = optax.linear_schedule(t.learning_rate, 0.0, decay_steps)
+  elif t.lr_schedule == "cosine":
+    after = optax.cosine_decay_schedule(t.learning_rate, decay_steps)
+  else:
+    raise ValueError(f"train.lr_schedule must be constant, linear or cosine, got {t.lr_schedule!r}")
+  if t.warmup_steps <= 0:
+    return after
+  warmup = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+  return optax.join_schedules([warmup, after], [t.warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with warm-up/decay and optional global-norm clipping, for the reward model."""
+  parts = []
+  if config.train.max_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.train.max_grad_norm))
+  parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.train.weight_decay))
+  return optax.chain(*parts)
+
+
+def make_critic(config: ml_collections.ConfigDict) -> Critic:
+  return Critic(widths=tuple(config.dial.critic_widths), activation=config.dial.critic_activation)
+
+
+def make_critic_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return losses.make_critic_optimizer(config.dial.critic_learning_rate, config.dial.critic_weight_decay)
+
+
+def uses_critic(config: ml_collections.ConfigDict) -> bool:
+  return config.dial.domain_loss in ("wdgrl", "dann")
+
+
+def create_train_state(variables, config: ml_collections.ConfigDict, num_layers: int, embed_dim: int,
+                       tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation) -> TrainState:
+  """Initial state from loaded reward-model variables; the critic is initialised from ``train.seed``."""
+  rng = jax.random.PRNGKey(config.train.seed)
+  rng, critic_rng = jax.random.split(rng)
+  trainable, frozen = partition(variables, trainable_predicate(config, num_layers))
+  critic = {}
+  if uses_critic(config):
+    critic = make_critic(config).init(critic_rng, jnp.zeros((1, embed_dim), jnp.float32))
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen, critic=critic,
+                    opt_state=tx.init(trainable), critic_opt_state=critic_tx.init(critic), rng=rng)

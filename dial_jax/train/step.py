@@ -1,0 +1,174 @@
+"""The DIAL train step: one pure function ``(state, batch) -> (state, metrics)``, jitted by the caller.
+
+Per micro-batch (``lax.scan`` over ``train.grad_accum_steps`` of them):
+  1. one forward pass over ``[source chosen; source rejected; target chosen; target rejected]``;
+  2. inside the loss, the critic takes ``critic_iter`` Adam steps on ``stop_gradient`` embeddings,
+     maximising ``W - gamma * GP``;
+  3. loss = BT(source) + lambda * W(h_s, h_t) with the updated critic (or MMD / CORAL / DANN), plus the
+     oracle's target BT or an auxiliary LM loss, differentiated with ``jax.value_and_grad``.
+Gradients are averaged over micro-batches and applied with optax; a non-finite loss or gradient skips
+the update (``train.on_nonfinite=skip``) and is counted.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from dial_jax import losses
+from dial_jax.train.state import TrainState, learning_rate_schedule, merge
+
+MODES = ("dial", "source_only", "oracle")
+DOMAIN_LOSSES = ("wdgrl", "mmd", "coral", "dann")
+AUX_LOSSES = ("none", "source_sft", "target_ntp")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  d = config.dial
+  for name, value, allowed in (("dial.mode", d.mode, MODES), ("dial.domain_loss", d.domain_loss, DOMAIN_LOSSES),
+                               ("dial.aux", d.aux, AUX_LOSSES)):
+    if value not in allowed:
+      raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+  if config.train.grad_accum_steps < 1:
+    raise ValueError("train.grad_accum_steps must be >= 1")
+
+
+def domain_weight(config: ml_collections.ConfigDict, step) -> jax.Array:
+  """lambda at this step: 0 for source_only and oracle, else ``dial.lambda_`` with optional linear warm-up."""
+  if config.dial.mode != "dial":
+    return jnp.zeros((), jnp.float32)
+  lam = jnp.asarray(config.dial.lambda_, jnp.float32)
+  if config.dial.lambda_warmup_steps > 0:
+    lam = lam * jnp.minimum(1.0, step.astype(jnp.float32) / config.dial.lambda_warmup_steps)
+  return lam
+
+
+def next_token_loss(logits, ids, mask):
+  """Mean next-token cross-entropy over real tokens. logits [N, T, V] float32."""
+  targets, weights = ids[:, 1:], (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
+  return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _weighted_bt(r_chosen, r_rejected, weight):
+  nll = -jax.nn.log_sigmoid(r_chosen - r_rejected)
+  return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def _weighted_accuracy(r_chosen, r_rejected, weight):
+  hit = jnp.where(r_chosen > r_rejected, 1.0, jnp.where(r_chosen == r_rejected, 0.5, 0.0))
+  return jnp.sum(hit * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rng, lam, *, model, critic, critic_tx,
+                     config):
+  """Loss of one micro-batch and, as aux, (metrics, updated critic, updated critic optimizer state)."""
+  d = config.dial
+  ids = jnp.concatenate([batch["source_ids"], batch["target_ids"]])
+  mask = jnp.concatenate([batch["source_mask"], batch["target_mask"]])
+  n_src, n_tgt = batch["source_ids"].shape[0], batch["target_ids"].shape[0]
+  variables = merge(trainable, frozen)
+  out = model.apply(variables, ids, mask, return_hidden=d.aux != "none")
+  r, h = out["rewards"], out["embeddings"]
+  h_s, h_t = h[:n_src], h[n_src:]
+  b_s, b_t = n_src // 2, n_tgt // 2
+  source_loss = losses.bradley_terry_loss(r[:b_s], r[b_s:n_src])
+  r_tc, r_tr = r[n_src:n_src + b_t], r[n_src + b_t:]
+  target_weight = batch["target_pair_weight"]
+  target_loss = _weighted_bt(r_tc, r_tr, target_weight)
+
+  metrics = {}
+  if d.domain_loss == "wdgrl":
+    critic_vars, critic_opt_state, critic_metrics = losses.critic_update(
+        critic_vars, critic_opt_state, h_s, h_t, rng, apply_fn=critic.apply, optimizer=critic_tx,
+        gamma=d.gamma, num_iters=d.critic_iter)
+    critic_vars = jax.lax.stop_gradient(critic_vars)
+    f = critic.apply(critic_vars, h)
+    domain = losses.wasserstein_estimate(f[:n_src], f[n_src:])
+    metrics.update(gradient_penalty=critic_metrics["gradient_penalty"], critic_loss=critic_metrics["critic_loss"])
+  elif d.domain_loss == "mmd":
+    domain = losses.mmd_loss(h_s, h_t)
+  elif d.domain_loss == "coral":
+    domain = losses.coral_loss(h_s, h_t)
+  else:  # dann: the classifier trains on BCE; the reversed gradient, scaled by lambda, reaches the encoder.
+    logits = critic.apply(critic_vars, losses.gradient_reversal(h, lam))
+    domain = losses.dann_loss(logits[:n_src], logits[n_src:])
+
+  if d.mode == "oracle":
+    loss = source_loss + target_loss
+  else:
+    loss = source_loss
+  loss = loss + (domain if d.domain_loss == "dann" else lam * domain)
+  if d.aux != "none":
+    rows = slice(0, b_s) if d.aux == "source_sft" else slice(n_src, n_src + n_tgt)
+    logits = model.apply(variables, out["hidden"][rows], method=model.lm_logits)
+    aux = next_token_loss(logits, ids[rows], mask[rows])
+    loss = loss + d.aux_weight * aux
+    metrics["aux_loss"] = aux
+
+  metrics.update(
+      loss=loss, source_loss=source_loss, source_accuracy=losses.pairwise_accuracy(r[:b_s], r[b_s:n_src]),
+      target_loss=target_loss, target_accuracy=_weighted_accuracy(r_tc, r_tr, target_weight),
+      domain_loss=domain, reward_mean=jnp.mean(r), reward_std=jnp.std(r))
+  if d.domain_loss == "wdgrl":
+    metrics["wasserstein"] = domain
+  return loss, (metrics, critic_vars, critic_opt_state)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic, tx, critic_tx,
+               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step over ``batch`` (arrays with a leading micro-batch axis)."""
+  rng, step_rng = jax.random.split(state.rng)
+  lam = domain_weight(config, state.step)
+  train_critic_by_grad = config.dial.domain_loss == "dann"
+  loss_fn = functools.partial(micro_batch_loss, model=model, critic=critic, critic_tx=critic_tx, config=config)
+  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1) if train_critic_by_grad else 0, has_aux=True)
+  num_micro = jax.tree.leaves(batch)[0].shape[0]
+
+  def micro(carry, xs):
+    critic_vars, critic_opt_state, grad_sum = carry
+    micro_batch, i = xs
+    (_, (metrics, new_critic, new_critic_opt)), grads = grad_fn(
+        state.trainable, critic_vars, state.frozen, critic_opt_state, micro_batch,
+        jax.random.fold_in(step_rng, i), lam)
+    grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+    return (new_critic, new_critic_opt, grad_sum), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, (state.trainable, state.critic) if train_critic_by_grad else state.trainable)
+  (critic_vars, critic_opt_state, grad_sum), metrics = jax.lax.scan(
+      micro, (state.critic, state.critic_opt_state, zeros), (batch, jnp.arange(num_micro)))
+  grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
+  metrics = jax.tree.map(jnp.mean, metrics)
+
+  if train_critic_by_grad:
+    grads, critic_grads = grads
+    critic_updates, critic_opt_state = critic_tx.update(critic_grads, state.critic_opt_state, state.critic)
+    critic_vars = optax.apply_updates(state.critic, critic_updates)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(
+      step=state.step + 1, rng=rng, trainable=keep(trainable, state.trainable), opt_state=keep(opt_state, state.opt_state),
+      critic=keep(critic_vars, state.critic), critic_opt_state=keep(critic_opt_state, state.critic_opt_state))
+  metrics.update(grad_norm=grad_norm, learning_rate=learning_rate_schedule(config)(state.step), domain_weight=lam,
+                 nonfinite=(~finite).astype(jnp.int32))
+  return new_state, metrics
+
+
+def make_train_step(model, critic, tx, critic_tx, config, donate: bool = True):
+  """``jax.jit`` of :func:`train_step` with everything but (state, batch) bound."""
+  validate(config)
+  fn = functools.partial(train_step, model=model, critic=critic, tx=tx, critic_tx=critic_tx, config=config)
+  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+
+
+def embed_fn(model):
+  """Jitted ``(variables, ids, mask) -> dict(rewards, embeddings)`` for evaluation."""
+  return jax.jit(lambda variables, ids, mask: model.apply(variables, ids, mask))
