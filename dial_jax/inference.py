@@ -27,7 +27,11 @@ class Scorer:
 
   @classmethod
   def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32, **kwargs) -> "Scorer":
-    """From an HF directory, a bundled model name or a hub id (see ``dial_jax.hf.load``)."""
+    """From a training workdir, an HF directory, a bundled model name or a hub id (see ``dial_jax.hf.load``)."""
+    from dial_jax import workdir
+    if workdir.is_workdir(name_or_path):
+      model, variables, tokenizer, *_ = workdir.load_trained(name_or_path)
+      return cls(model, variables, tokenizer, **kwargs)
     model, variables, model_dir = load.load_reward_model(name_or_path, dtype=dtype)
     return cls(model, variables, load.load_tokenizer(model_dir), **kwargs)
 

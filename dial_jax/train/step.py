@@ -148,7 +148,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic,
     grads, critic_grads = grads
     critic_updates, critic_opt_state = critic_tx.update(critic_grads, state.critic_opt_state, state.critic)
     critic_vars = optax.apply_updates(state.critic, critic_updates)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
 

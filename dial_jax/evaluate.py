@@ -1,0 +1,35 @@
+r"""Evaluate a reward model on one canonical JSONL file and print the metrics as JSON.
+
+  python -m dial_jax.evaluate --model=runs/few_shot --data=data/few_shot/target_test.jsonl
+
+Pairs files give pairwise accuracy; scored-text files give Pearson and Spearman with the score.
+``--model`` is a training workdir, an HF directory (e.g. from ``dial_jax.export``) or a bundled name.
+"""
+import json
+
+from absl import app, flags
+
+from dial_jax.data import pipeline
+from dial_jax.inference import Scorer, evaluate_domain
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Training workdir, HF model directory, bundled name or hub id.", required=True)
+flags.DEFINE_string("data", None, "Canonical JSONL (pairs or scored texts).", required=True)
+flags.DEFINE_integer("batch_size", 16, "Texts per forward pass.")
+flags.DEFINE_integer("max_length", 1024, "Longest token sequence; longer texts keep their end.")
+flags.DEFINE_integer("limit", 0, "Evaluate only the first N examples (0 = all).")
+flags.DEFINE_bool("skip_bad_rows", False, "Skip malformed rows (reported) instead of stopping.")
+
+
+def main(argv):
+  del argv
+  scorer = Scorer.from_pretrained(FLAGS.model, batch_size=FLAGS.batch_size, max_length=FLAGS.max_length)
+  domain = pipeline.load_domain(FLAGS.data, scorer.tokenizer, FLAGS.max_length, skip_bad_rows=FLAGS.skip_bad_rows,
+                                limit=FLAGS.limit)
+  result = {"data": FLAGS.data, "model": FLAGS.model, **evaluate_domain(scorer, domain),
+            "skipped_bad_rows": domain.n_skipped}
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,41 @@
+"""Fixtures' building blocks: a tiny random Gemma 3 HF directory with a real tokenizer, prepared real data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from configs import base
+from tests.conftest import RAW_DATA
+
+
+def make_tiny_model_dir(path: Path, family: str = "gemma3") -> Path:
+  from tests.models.hf_reference import make_reference, make_tokenizer
+  make_reference(family).save_pretrained(path)
+  make_tokenizer().save_pretrained(path)
+  return path
+
+
+def prepare_data(out_dir: Path, settings=("few_shot",)) -> Path:
+  from dial_jax.data.settings import prepare_settings
+  prepare_settings(RAW_DATA, out_dir, seed=0, settings=settings)
+  return out_dir
+
+
+def tiny_config(model_dir, data_dir, setting="few_shot", **overrides):
+  """A config that trains the tiny model for a few steps on the real prepared data."""
+  c = base.get_base_config()
+  c.model.name = str(model_dir)
+  c.data.dir = str(data_dir)
+  c.data.setting = setting
+  c.data.max_length = 64
+  c.data.min_bucket = 64
+  c.data.max_eval_examples = 16
+  c.train.num_steps = 4
+  c.train.log_every = 1
+  c.train.checkpoint_every = 0
+  c.lora.rank = 4
+  c.lora.alpha = 8.0
+  c.dial.critic_widths = (32, 16)
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  return c
