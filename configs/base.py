@@ -21,16 +21,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.dir = os.environ.get("DIAL_DATA_DIR", "data")  # output of `python -m dial_jax.prepare`
   c.data.setting = "few_shot"       # subfolder of data.dir
-  c.data.max_length = 256
+  c.data.max_length = 128          # CPU preset; texts keep their end (the response)
   c.data.min_bucket = 64            # padded lengths are powers of two from here up to max_length
   c.data.skip_bad_rows = False
-  c.data.max_eval_examples = 200    # per eval set; 0 = all
-  c.data.eval_batch_size = 8
+  c.data.max_eval_examples = 0      # per eval set; 0 = all
+  c.data.eval_batch_size = 16
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 100
   c.train.batch_size = 2            # pairs per domain per optimizer step (the paper's 2)
   c.train.grad_accum_steps = 1
+  c.train.optimizer = "adamw"       # adamw | sgd
   c.train.learning_rate = 5e-5
   c.train.lr_schedule = "cosine"    # constant | linear | cosine (after warm-up)
   c.train.warmup_steps = 0

@@ -7,9 +7,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from dial_jax import metrics
+from dial_jax import metrics, parallel
 from dial_jax.data import batching, tokenize
 from dial_jax.hf import load
 
@@ -17,13 +18,16 @@ from dial_jax.hf import load
 class Scorer:
   """Rewards (and pooled embeddings) of a reward model for lists of texts."""
 
-  def __init__(self, model, variables, tokenizer, *, batch_size: int = 8, max_length: int = 1024):
-    self.model, self.variables, self.tokenizer = model, variables, tokenizer
+  def __init__(self, model, variables, tokenizer, *, batch_size: int = 8, max_length: int = 1024, mesh=None):
+    """With a ``mesh`` (and variables placed on it), inputs are global arrays with rows split over the batch
+    axes and results come back replicated, so every process of a multi-host job gets all rewards."""
+    self.model, self.variables, self.tokenizer, self.mesh = model, variables, tokenizer, mesh
     self.batch_size, self.max_length = batch_size, max_length
     self.buckets = batching.bucket_lengths(max_length)
     pad_id = model.config.pad_token_id
     self.pad_id = tokenizer.pad_token_id if pad_id is None else pad_id
-    self._apply = jax.jit(lambda v, ids, mask: model.apply(v, ids, mask))
+    out_shardings = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    self._apply = jax.jit(lambda v, ids, mask: model.apply(v, ids, mask), out_shardings=out_shardings)
 
   @classmethod
   def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32, **kwargs) -> "Scorer":
@@ -49,6 +53,8 @@ class Scorer:
     for idx in batching.length_sorted_batches([len(t) for t in token_lists], self.batch_size):
       length = batching.bucket_for(max(len(token_lists[i]) for i in idx), self.buckets)
       ids, mask = batching.pad([token_lists[i] for i in idx], length, self.pad_id, rows=self.batch_size)
+      if self.mesh is not None:
+        ids, mask = parallel.rows_sharded_on_all(ids, self.mesh), parallel.rows_sharded_on_all(mask, self.mesh)
       out = self._apply(self.variables, ids, mask)
       rewards[idx] = np.asarray(out["rewards"])[:len(idx)]
       if return_embeddings:

@@ -1,10 +1,11 @@
-"""Shared test settings: float32 matmuls everywhere, the real data folder, slow-test marker."""
-import os
+"""Shared test settings: float32 matmuls everywhere, the real data folder, slow-test marker.
+
+Multi-device tests run in subprocesses with 8 fake CPU devices (tests/test_parallel.py), so the rest of the
+suite sees one device."""
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")

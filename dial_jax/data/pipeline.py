@@ -82,11 +82,16 @@ def _epoch_index(n: int, seed: int, salt: int, global_positions: np.ndarray) -> 
   return out
 
 
+BATCH_KEYS = tuple(f"{d}_{side}_{kind}" for d in ("source", "target") for side in ("chosen", "rejected")
+                   for kind in ("ids", "mask")) + ("target_pair_weight",)
+
+
 class PairedBatches:
   """``batch(step)``: source pairs + target pairs (or score-ordered pairs of scored texts) for one step.
 
-  Arrays have shape ``[grad_accum, rows, length]`` with rows = 2 * pairs-per-micro-batch (chosen rows,
-  then rejected rows); ``length`` is the smallest bucket that fits every text of the step.
+  Arrays have shape ``[grad_accum, pairs per micro-batch (this process's share), length]``, one array each for
+  source/target chosen/rejected ids and masks (see ``BATCH_KEYS``); ``length`` is the smallest bucket that fits
+  every text of the step.
   """
 
   def __init__(self, source: Domain, target: Domain, *, batch_size: int, grad_accum_steps: int, buckets: Sequence[int],
@@ -125,13 +130,14 @@ class PairedBatches:
     t_c, t_r, t_w = self._pairs(self.target, 1, step)
     length = batching.bucket_for(max(len(t) for t in s_c + s_r + t_c + t_r), self.buckets)
     per_proc = self.micro // self.process_count
-    out = {k: [] for k in ("source_ids", "source_mask", "target_ids", "target_mask", "target_pair_weight")}
+    parts = {"source_chosen": s_c, "source_rejected": s_r, "target_chosen": t_c, "target_rejected": t_r}
+    out = {k: [] for k in BATCH_KEYS}
     for m in range(self.accum):
       start = m * self.micro + self.process_index * per_proc
       rows = slice(start, start + per_proc)
-      for prefix, chosen, rejected in (("source", s_c, s_r), ("target", t_c, t_r)):
-        ids, mask = batching.pad(chosen[rows] + rejected[rows], length, self.pad_id)
-        out[f"{prefix}_ids"].append(ids)
-        out[f"{prefix}_mask"].append(mask)
+      for name, token_lists in parts.items():
+        ids, mask = batching.pad(token_lists[rows], length, self.pad_id)
+        out[f"{name}_ids"].append(ids)
+        out[f"{name}_mask"].append(mask)
       out["target_pair_weight"].append(t_w[rows])
     return {k: np.stack(v) for k, v in out.items()}

@@ -10,7 +10,6 @@ norm weights shifted back), loaded into the key set of a meta-device model so no
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import importlib
@@ -162,6 +161,7 @@ def _convert(spec: BundledModel, work: pathlib.Path, out: pathlib.Path) -> None:
     if spec.model_type == "llama":
         _smollm_pretokenizer(tokenizer)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id)
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "right"  # GemmaTokenizer defaults to left
     tokenizer.save_pretrained(out)
 
 

@@ -47,7 +47,7 @@ class RewardModel(nn.Module):
   def setup(self):
     self.backbone = Decoder(self.config, self.lora, self.dtype, self.param_dtype, self.remat_policy)
     self.score = nn.Dense(1, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
-                          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None)))
+                          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)))  # replicated
 
   def __call__(self, input_ids, attention_mask, *, return_hidden: bool = False):
     hidden = self.backbone(input_ids, attention_mask)

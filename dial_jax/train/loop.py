@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dial_jax import parallel
 from dial_jax.checkpoint import Checkpointer
 from dial_jax.data import batching, pipeline
 from dial_jax.hf import load
@@ -58,6 +59,12 @@ def load_data(config: ml_collections.ConfigDict, tokenizer):
   return source, target, evals
 
 
+def abstract_variables(model):
+  """The variables tree with logical-axis boxes (shapes only), for the sharding rules."""
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))
+
+
 def evaluate(scorer: Scorer, evals: dict) -> dict[str, dict]:
   return {name: evaluate_domain(scorer, domain) for name, domain in evals.items()}
 
@@ -78,6 +85,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   start_time = time.time()
 
+  mesh = parallel.make_mesh(config.mesh)
+  logging.info("mesh: %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
   model, variables, tokenizer, model_dir = build_model(config)
   source, target, evals = load_data(config, tokenizer)
   logging.info("data: source %d %s, target %d %s, eval %s", len(source), source.kind, len(target), target.kind,
@@ -90,21 +99,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   critic = state_lib.make_critic(config)
-  state = state_lib.create_train_state(variables, config, model.config.num_layers, model.config.hidden_size, tx,
-                                       critic_tx)
+  variable_shardings = parallel.variable_shardings(abstract_variables(model), mesh)
+  state, state_shardings = state_lib.create_train_state(
+      variables, config, model.config.num_layers, model.config.hidden_size, tx, critic_tx, variable_shardings, mesh)
   del variables
+  local_shapes = {k: v.shape for k, v in batches.batch(0).items()}
+  global_shapes = {k: (s[0], s[1] * jax.process_count()) + s[2:] for k, s in local_shapes.items()}
+  batch_shardings = parallel.batch_shardings(global_shapes, mesh)
   checkpointer = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     logging.info("resumed from step %d", int(state.step))
-  train_step = step_lib.make_train_step(model, critic, tx, critic_tx, config)
-  scorer = Scorer(model, None, tokenizer, batch_size=config.data.eval_batch_size, max_length=config.data.max_length)
+  train_step = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=state_shardings,
+                                        batch_sharding=batch_shardings)
+  scorer = Scorer(model, None, tokenizer, batch_size=config.data.eval_batch_size, max_length=config.data.max_length,
+                  mesh=mesh)
   writer = MetricWriter(workdir, enabled=is_main)
 
   step = int(state.step)
   train_metrics, n_skipped = {}, 0
   while step < config.train.num_steps:
-    state, metrics = train_step(state, batches.batch(step))
+    state, metrics = train_step(state, parallel.global_batch(batches.batch(step), batch_shardings))
     step += 1
     if int(metrics["nonfinite"]):
       n_skipped += 1

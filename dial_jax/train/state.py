@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dial_jax import losses
 from dial_jax.models.critic import Critic
@@ -82,11 +83,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with warm-up/decay and optional global-norm clipping, for the reward model."""
+  """AdamW (or plain SGD) with warm-up/decay and optional global-norm clipping, for the reward model."""
   parts = []
   if config.train.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(config.train.max_grad_norm))
-  parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.train.weight_decay))
+  if config.train.optimizer == "adamw":
+    parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.train.weight_decay))
+  elif config.train.optimizer == "sgd":
+    parts.append(optax.sgd(learning_rate_schedule(config)))
+  else:
+    raise ValueError(f"train.optimizer must be adamw or sgd, got {config.train.optimizer!r}")
   return optax.chain(*parts)
 
 
@@ -103,13 +109,36 @@ def uses_critic(config: ml_collections.ConfigDict) -> bool:
 
 
 def create_train_state(variables, config: ml_collections.ConfigDict, num_layers: int, embed_dim: int,
-                       tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation) -> TrainState:
-  """Initial state from loaded reward-model variables; the critic is initialised from ``train.seed``."""
+                       tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
+                       variable_shardings=None, mesh: Mesh | None = None) -> tuple[TrainState, Any]:
+  """(initial state, its shardings) from loaded reward-model variables; the critic starts from ``train.seed``.
+
+  With ``variable_shardings`` (a NamedSharding per variable, see ``dial_jax.parallel``) the variables are placed
+  accordingly, the optimizer state is created already sharded like the parameters it tracks (``jit`` of
+  ``tx.init`` with ``out_shardings``), and everything else is replicated on ``mesh``.
+  """
+  predicate = trainable_predicate(config, num_layers)
+  if mesh is None:
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  rep = NamedSharding(mesh, P())
+  if variable_shardings is None:
+    variable_shardings = jax.tree.map(lambda _: rep, variables)
+  variables = jax.device_put(variables, variable_shardings)
+  trainable, frozen = partition(variables, predicate)
+  trainable_sh, frozen_sh = partition(variable_shardings, predicate)
+
   rng = jax.random.PRNGKey(config.train.seed)
   rng, critic_rng = jax.random.split(rng)
-  trainable, frozen = partition(variables, trainable_predicate(config, num_layers))
   critic = {}
   if uses_critic(config):
-    critic = make_critic(config).init(critic_rng, jnp.zeros((1, embed_dim), jnp.float32))
-  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen, critic=critic,
-                    opt_state=tx.init(trainable), critic_opt_state=critic_tx.init(critic), rng=rng)
+    critic = jax.jit(make_critic(config).init, out_shardings=rep)(critic_rng, jnp.zeros((1, embed_dim), jnp.float32))
+  opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, trainable), trainable_sh,
+                                 transform_non_params=lambda _: rep)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
+  critic_opt_state = jax.jit(critic_tx.init, out_shardings=rep)(critic)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), trainable=trainable, frozen=frozen,
+                     critic=critic, opt_state=opt_state, critic_opt_state=critic_opt_state,
+                     rng=jax.device_put(rng, rep))
+  shardings = TrainState(step=rep, trainable=trainable_sh, frozen=frozen_sh, critic=jax.tree.map(lambda _: rep, critic),
+                         opt_state=opt_sh, critic_opt_state=jax.tree.map(lambda _: rep, critic_opt_state), rng=rep)
+  return state, shardings

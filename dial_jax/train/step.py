@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dial_jax import losses
 from dial_jax.train.state import TrainState, learning_rate_schedule, merge
@@ -68,14 +69,15 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
                      config):
   """Loss of one micro-batch and, as aux, (metrics, updated critic, updated critic optimizer state)."""
   d = config.dial
-  ids = jnp.concatenate([batch["source_ids"], batch["target_ids"]])
-  mask = jnp.concatenate([batch["source_mask"], batch["target_mask"]])
-  n_src, n_tgt = batch["source_ids"].shape[0], batch["target_ids"].shape[0]
+  parts = ("source_chosen", "source_rejected", "target_chosen", "target_rejected")
+  ids = jnp.concatenate([batch[f"{p}_ids"] for p in parts])
+  mask = jnp.concatenate([batch[f"{p}_mask"] for p in parts])
+  b_s, b_t = batch["source_chosen_ids"].shape[0], batch["target_chosen_ids"].shape[0]
+  n_src, n_tgt = 2 * b_s, 2 * b_t
   variables = merge(trainable, frozen)
   out = model.apply(variables, ids, mask, return_hidden=d.aux != "none")
   r, h = out["rewards"], out["embeddings"]
   h_s, h_t = h[:n_src], h[n_src:]
-  b_s, b_t = n_src // 2, n_tgt // 2
   source_loss = losses.bradley_terry_loss(r[:b_s], r[b_s:n_src])
   r_tc, r_tr = r[n_src:n_src + b_t], r[n_src + b_t:]
   target_weight = batch["target_pair_weight"]
@@ -162,11 +164,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic,
   return new_state, metrics
 
 
-def make_train_step(model, critic, tx, critic_tx, config, donate: bool = True):
-  """``jax.jit`` of :func:`train_step` with everything but (state, batch) bound."""
+def make_train_step(model, critic, tx, critic_tx, config, *, state_shardings=None, batch_sharding=None,
+                    donate: bool = True):
+  """``jax.jit`` of :func:`train_step` with everything but (state, batch) bound; with shardings given, the
+  state keeps its layout (``out_shardings`` = ``in_shardings``) and metrics come back replicated."""
   validate(config)
   fn = functools.partial(train_step, model=model, critic=critic, tx=tx, critic_tx=critic_tx, config=config)
-  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+  kwargs = {}
+  if state_shardings is not None:
+    replicated = NamedSharding(state_shardings.step.mesh, PartitionSpec())
+    kwargs = dict(in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated))
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), **kwargs)
 
 
 def embed_fn(model):

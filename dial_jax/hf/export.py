@@ -1,0 +1,310 @@
+"""dial_jax reward model -> a Hugging Face ``*ForSequenceClassification`` directory.
+
+``merge_lora`` folds LoRA adapters into their base kernels; ``export_hf`` writes ``config.json`` (the source
+model's config with the sequence-classification architecture, ``num_labels=1`` and the pad id),
+``model.safetensors`` (or shards + ``model.safetensors.index.json``, split exactly as transformers splits
+them) and the tokenizer files, so that ``AutoModelForSequenceClassification.from_pretrained`` loads it with
+no missing or unexpected weights. Tensor names and layouts come from ``dial_jax.hf.mapping``.
+
+The directory is written next to ``output_dir`` under a temporary name and renamed onto it at the end: an
+export that fails half-way leaves nothing behind (and an ``overwrite``d directory untouched).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from absl import logging
+
+from dial_jax.hf import mapping
+from dial_jax.hf.load import load_hf_config
+from dial_jax.models.decoder import DecoderConfig
+from dial_jax.models.families import decoder_config_from_hf, hf_architecture
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+DEFAULT_MAX_SHARD_SIZE = "2GB"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# Parameters with no place in *ForSequenceClassification (it has no LM head): dropped from the export.
+_DROPPED = ("backbone/lm_head/kernel",)
+
+
+def _flatten(tree) -> dict[str, Any]:
+  return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def _unflatten(flat: dict[str, Any]):
+  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def merge_lora(variables, model) -> dict:
+  """``params`` with every LoRA adapter folded into its base kernel.
+
+  For a projection with kernel ``K`` (``in_shape + out_shape``), ``lora_a`` (``in_shape + (r,)``) and
+  ``lora_b`` (``(r,) + out_shape``) the merged kernel is ``K + (alpha / r) * tensordot(A, B, axes=1)``
+  (the rank axis is A's last and B's first, so this holds for o_proj's ``(heads, head_dim)`` input too).
+  Computed in float32 at highest precision and cast back to the kernel's dtype. The result is a plain
+  ``params`` tree for a model built with ``LoraConfig()`` (rank 0); without a ``lora`` collection the
+  params are returned as they are.
+  """
+  params = variables["params"]
+  lora = variables.get("lora")
+  if not lora:
+    return params
+  alpha = float(model.lora.alpha)
+  flat = dict(_flatten(params))
+  adapters = _flatten(lora)
+  modules = sorted({path.rsplit("/", 1)[0] for path in adapters})
+  for module in modules:
+    a, b = adapters.get(f"{module}/lora_a"), adapters.get(f"{module}/lora_b")
+    if a is None or b is None or f"{module}/kernel" not in flat:
+      raise ValueError(f"LoRA adapter {module}: needs lora_a, lora_b and a base kernel in params")
+    kernel = flat[f"{module}/kernel"]
+    rank = a.shape[-1]
+    if b.shape[0] != rank or tuple(a.shape[:-1]) + tuple(b.shape[1:]) != tuple(kernel.shape):
+      raise ValueError(f"LoRA adapter {module}: shapes {a.shape} x {b.shape} do not fit kernel {kernel.shape}")
+    delta = jnp.tensordot(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), axes=1,
+                          precision=jax.lax.Precision.HIGHEST)
+    flat[f"{module}/kernel"] = (jnp.asarray(kernel, jnp.float32) + (alpha / rank) * delta).astype(kernel.dtype)
+  return _unflatten(flat)
+
+
+@dataclasses.dataclass
+class ExportInfo:
+  """What :func:`export_hf` wrote."""
+
+  output_dir: Path
+  files: list[str]              # every file in output_dir, sorted
+  weight_files: list[str]       # model.safetensors or the shards
+  num_tensors: int
+  total_size: int               # bytes of tensor data (the index's metadata.total_size)
+  dtype: str
+  dropped: list[str]            # dial_jax param paths not written (lm_head)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+  """A tensor to write, converted only when its shard is written."""
+
+  path: str
+  kind: str
+  shape: tuple[int, ...]
+  nbytes: int
+
+
+def _hf_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+  if kind.startswith("kernel"):
+    n_in = int(kind[-1])
+    return (int(np.prod(shape[n_in:])), int(np.prod(shape[:n_in])))
+  if kind == "bias":
+    return (int(np.prod(shape)),)
+  return tuple(shape)
+
+
+def _natural_key(name: str):
+  return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _parse_size(size: int | str) -> int:
+  if isinstance(size, int):
+    return size
+  from huggingface_hub.serialization._base import parse_size_to_int
+  return parse_size_to_int(size)
+
+
+def export_config(decoder_config: DecoderConfig, source_model_dir, pad_token_id: int | None, dtype: str):
+  """The transformers config to write: the source's (text) config, as a 1-label sequence classifier."""
+  hf_config = load_hf_config(source_model_dir)
+  text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+  expected = decoder_config_from_hf(text)
+  if expected.replace(pad_token_id=None) != decoder_config.replace(pad_token_id=None):
+    diff = {f.name: (getattr(expected, f.name), getattr(decoder_config, f.name))
+            for f in dataclasses.fields(DecoderConfig)
+            if f.name != "pad_token_id" and getattr(expected, f.name) != getattr(decoder_config, f.name)}
+    raise ValueError(f"the model's architecture does not match {source_model_dir}'s config.json "
+                     f"(field: (config.json, model)): {diff}")
+  config = copy.deepcopy(text)
+  config.architectures = [hf_architecture(config.model_type)]
+  config.num_labels = 1
+  config.pad_token_id = pad_token_id
+  config.dtype = dtype
+  return config
+
+
+def _expected_hf_shapes(config) -> dict[str, tuple[int, ...]] | None:
+  """Tensor names and shapes transformers' class expects, in its state_dict order (the model is built on the
+  meta device, so nothing is allocated), or None without torch."""
+  try:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+  except ImportError:
+    logging.info("torch is not installed: skipping the check of tensor names against transformers")
+    return None
+  with torch.device("meta"):
+    model = AutoModelForSequenceClassification.from_config(copy.deepcopy(config))
+  return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def export_hf(params, decoder_config_or_model, source_model_dir, tokenizer, output_dir, *, dtype: str = "float32",
+              max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
+              check_transformers: bool = True) -> ExportInfo:
+  """Write ``params`` (LoRA already merged, see :func:`merge_lora`) as a HF sequence-classification directory.
+
+  Args:
+    params: the reward model's ``params`` tree (``backbone/...`` and ``score/kernel``).
+    decoder_config_or_model: the ``DecoderConfig`` or the ``RewardModel`` (then its pooling must be ``last``:
+      transformers' classifiers read the last token).
+    source_model_dir: the HF directory the backbone came from; its ``config.json`` is the base of the new one.
+    tokenizer: saved with ``save_pretrained`` next to the weights.
+    output_dir: created; an existing one is refused unless ``overwrite`` (then replaced only at the end).
+    dtype: ``float32`` or ``bfloat16`` (round-to-nearest-even, as torch's ``.to(torch.bfloat16)``).
+    max_shard_size: bytes or a string like ``"2GB"``; above it the weights are split into
+      ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json`` (huggingface_hub's splitter,
+      the one transformers' ``save_pretrained`` uses).
+    check_transformers: when torch is importable, compare names and shapes with the transformers class built
+      on the meta device before writing anything.
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  if isinstance(decoder_config_or_model, DecoderConfig):
+    decoder_config = decoder_config_or_model
+  else:
+    model = decoder_config_or_model
+    decoder_config = model.config
+    if getattr(model, "pooling", "last") != "last":
+      raise ValueError(f"pooling={model.pooling!r} cannot be exported: transformers' *ForSequenceClassification "
+                       "scores the last token (pooling='last')")
+  output_dir = Path(output_dir).absolute()
+  source_model_dir = Path(source_model_dir)
+  _check_output_dir(output_dir, overwrite)
+  if output_dir.exists() and output_dir.resolve() == source_model_dir.resolve():
+    raise ValueError(f"output_dir {output_dir} is the source model directory")
+
+  pad_id = decoder_config.pad_token_id if decoder_config.pad_token_id is not None else tokenizer.pad_token_id
+  config = export_config(decoder_config, source_model_dir, pad_id, dtype)
+
+  # Names, layouts and sizes (nothing converted yet).
+  flat = _flatten(params)
+  itemsize = np.dtype(DTYPES[dtype]).itemsize
+  dropped = [p for p in flat if p in _DROPPED]
+  if dropped:
+    logging.info("not exported (no LM head in *ForSequenceClassification): %s", dropped)
+  tensors: dict[str, _Tensor] = {}
+  for path in flat:
+    if path in _DROPPED:
+      continue
+    name = mapping.path_to_hf_name(path)
+    kind = mapping.kind_of_path(path)
+    shape = _hf_shape(tuple(flat[path].shape), kind)
+    tensors[name] = _Tensor(path, kind, shape, int(np.prod(shape)) * itemsize)
+  if "score.weight" not in tensors:
+    raise ValueError("params have no score head (score/kernel)")
+  expected = _expected_hf_shapes(config) if check_transformers else None
+  _check_names(tensors, expected)
+  # transformers' state_dict order (so shards split exactly as its save_pretrained splits them), else natural.
+  order = list(expected) if expected is not None else sorted(tensors, key=_natural_key)
+  tensors = {name: tensors[name] for name in order}
+
+  from huggingface_hub.serialization import split_state_dict_into_shards_factory
+  split = split_state_dict_into_shards_factory(
+      tensors, get_storage_size=lambda t: t.nbytes, filename_pattern="model{suffix}.safetensors",
+      max_shard_size=_parse_size(max_shard_size))
+
+  output_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = _new_sibling(output_dir, "partial")
+  try:
+    for filename, names in split.filename_to_tensors.items():
+      shard = {}
+      for name in names:
+        t = tensors[name]
+        array = mapping.to_hf(np.asarray(flat[t.path], dtype=np.float32), t.kind).astype(DTYPES[dtype])
+        assert array.shape == t.shape, (name, array.shape, t.shape)
+        shard[name] = np.ascontiguousarray(array)
+      _save_shard(shard, tmp / filename)
+      del shard
+    if split.is_sharded:
+      n_params = sum(int(np.prod(t.shape)) for t in tensors.values())
+      index = {"metadata": {"total_parameters": n_params, **split.metadata}, "weight_map": split.tensor_to_filename}
+      (tmp / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    config_dict = json.loads(config.to_json_string(use_diff=True))
+    config_dict["torch_dtype"] = dtype  # transformers < 4.56 reads this key; newer ones read "dtype"
+    (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tokenizer.save_pretrained(str(tmp))
+    files = sorted(p.name for p in tmp.iterdir())
+    _move_into_place(tmp, output_dir, overwrite)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return ExportInfo(output_dir=output_dir, files=files, weight_files=list(split.filename_to_tensors),
+                    num_tensors=len(tensors), total_size=int(split.metadata["total_size"]), dtype=dtype,
+                    dropped=dropped)
+
+
+def _save_shard(tensors: dict[str, np.ndarray], path: Path) -> None:
+  # safetensors' numpy backend writes ml_dtypes.bfloat16 as BF16 (it maps dtype names), so torch is not needed.
+  # "format": "pt" is the metadata transformers writes and expects.
+  from safetensors.numpy import save_file
+  save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _check_names(tensors: dict[str, _Tensor], expected: dict[str, tuple[int, ...]] | None) -> None:
+  if expected is None:
+    return
+  missing, unexpected = mapping.missing_and_unexpected(expected, tensors)
+  wrong = {n: (tensors[n].shape, expected[n]) for n in tensors if n in expected and tensors[n].shape != expected[n]}
+  if missing or unexpected or wrong:
+    raise ValueError(f"export would not load cleanly into transformers: missing {missing[:10]}, unexpected "
+                     f"{unexpected[:10]}, shape mismatches (ours, transformers') {dict(list(wrong.items())[:10])}")
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+  if not output_dir.exists() and not output_dir.is_symlink():
+    return
+  if not overwrite:
+    raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
+  if not output_dir.is_dir() or output_dir.is_symlink():
+    raise FileExistsError(f"{output_dir} exists and is not a directory; refusing to replace it")
+  if any(output_dir.iterdir()) and not (output_dir / "config.json").exists():
+    raise FileExistsError(f"{output_dir} is not empty and has no config.json (not a model directory); "
+                          "refusing to replace it")
+
+
+def _move_into_place(tmp: Path, output_dir: Path, overwrite: bool) -> None:
+  """Rename ``tmp`` onto ``output_dir``; an existing directory is moved aside first and deleted last."""
+  _check_output_dir(output_dir, overwrite)
+  if not output_dir.exists():
+    os.rename(tmp, output_dir)
+    return
+  old = _new_sibling(output_dir, "old")
+  os.rename(output_dir, old / "dir")
+  try:
+    os.rename(tmp, output_dir)
+  except BaseException:
+    os.rename(old / "dir", output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    raise
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def _new_sibling(output_dir: Path, what: str) -> Path:
+  """A new hidden directory beside ``output_dir`` (same filesystem, so renames are atomic; default mode)."""
+  for _ in range(100):
+    path = output_dir.parent / f".{output_dir.name}.{what}-{uuid.uuid4().hex[:8]}"
+    try:
+      path.mkdir()
+      return path
+    except FileExistsError:
+      continue
+  raise FileExistsError(f"could not create a temporary directory beside {output_dir}")

@@ -1,0 +1,67 @@
+"""Run a few DIAL train steps on each given mesh; print losses, metrics, some parameters and shardings as JSON.
+
+Used by tests/test_parallel.py in subprocesses with 8 fake CPU devices, or under jax.distributed.
+  python -m tests.mesh_worker MODEL_DIR DATA_DIR STEPS MESH [MESH ...]      (MESH = data,fsdp,tensor; 1,1,1 runs
+                                                                           on the first device alone)
+"""
+import json
+import sys
+
+import jax
+import jax.experimental.multihost_utils as mhu
+import numpy as np
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+from dial_jax import parallel  # noqa: E402
+from dial_jax.data import batching, pipeline  # noqa: E402
+from dial_jax.train import loop, state as state_lib, step as step_lib  # noqa: E402
+from tests import helpers  # noqa: E402
+
+
+def run(config, model, variables, batches, mesh, steps):
+  tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
+  var_sh = parallel.variable_shardings(loop.abstract_variables(model), mesh)
+  state, state_sh = state_lib.create_train_state(variables, config, model.config.num_layers,
+                                                 model.config.hidden_size, tx, critic_tx, var_sh, mesh)
+  local = batches.batch(0)
+  shapes = {k: (v.shape[0], v.shape[1] * jax.process_count()) + v.shape[2:] for k, v in local.items()}
+  batch_sh = parallel.batch_shardings(shapes, mesh)
+  step_fn = step_lib.make_train_step(model, state_lib.make_critic(config), tx, critic_tx, config,
+                                     state_shardings=state_sh, batch_sharding=batch_sh, donate=False)
+  history = []
+  for i in range(steps):
+    state, metrics = step_fn(state, parallel.global_batch(batches.batch(i), batch_sh))
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  flat = jax.tree_util.tree_flatten_with_path(state.trainable)[0]
+  params = {jax.tree_util.keystr(k): np.asarray(mhu.process_allgather(v, tiled=True)).ravel()[:64].tolist()
+            for k, v in flat if "layers_0" in jax.tree_util.keystr(k) or "score" in jax.tree_util.keystr(k)}
+  specs = {jax.tree_util.keystr(k): list(v.sharding.spec) + [None] * (v.ndim - len(v.sharding.spec))
+           for k, v in flat}
+  return {"history": history, "params": params, "specs": specs, "mesh": dict(mesh.shape),
+          "processes": jax.process_count()}
+
+
+def main(model_dir, data_dir, steps, *meshes):
+  parallel.initialize_distributed()
+  config = helpers.tiny_config(model_dir, data_dir, **{
+      "train.batch_size": 8, "train.trainable": "full", "train.optimizer": "sgd", "train.learning_rate": 1e-2,
+      "train.max_grad_norm": 0.0, "lora.rank": 0})
+  model, variables, tokenizer, _ = loop.build_model(config)
+  source, target, _ = loop.load_data(config, tokenizer)
+  batches = pipeline.PairedBatches(
+      source, target, batch_size=config.train.batch_size, grad_accum_steps=1,
+      buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
+      pad_id=model.config.pad_token_id, seed=0, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  results = []
+  for spec in meshes:
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = map(int, spec.split(","))
+    devices = jax.devices()[:1] if spec == "1,1,1" else None
+    results.append(run(config, model, variables, batches, parallel.make_mesh(config.mesh, devices), int(steps)))
+  if jax.process_index() == 0:
+    print("RESULT " + json.dumps(results))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
