@@ -15,7 +15,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str | Path, every: int, keep: int):
     self.every = every
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True,
+                                           cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
 
   def latest_step(self) -> int | None:

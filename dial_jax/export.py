@@ -11,6 +11,7 @@ pad id, so score unpadded (or left-padded) texts that do not end in the pad toke
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags
 
@@ -27,6 +28,10 @@ def main(argv):
   del argv
   from dial_jax import workdir
   from dial_jax.hf import export
+  try:
+    export.check_output_dir(FLAGS.output, FLAGS.overwrite)  # before the (slow) loading
+  except FileExistsError as e:
+    sys.exit(f"error: {e}")
   model, variables, tokenizer, model_dir, _, step = workdir.load_trained(FLAGS.workdir, FLAGS.step)
   params = export.merge_lora(variables, model)
   n_adapters = len(_modules(variables["lora"])) if variables.get("lora") else 0

