@@ -110,10 +110,10 @@ def test_every_option_trains(dirs, overrides):
 
 
 def test_grad_accumulation_matches_one_big_batch(dirs):
-  """Micro-batches average to the full-batch gradient when lambda = 0 (BT is a mean over pairs)."""
-  kw = {"dial.lambda_": 0.0, "train.batch_size": 4, "train.max_grad_norm": 0.0}
+  """4 micro-batches of 2 pairs give the update of one batch of 8 when lambda = 0 (BT is a mean over pairs)."""
+  kw = {"dial.lambda_": 0.0, "train.batch_size": 8, "train.max_grad_norm": 0.0}
   s1, h1, _ = run_steps(helpers.tiny_config(*dirs, **kw), 1)
-  s2, h2, _ = run_steps(helpers.tiny_config(*dirs, **kw, **{"train.grad_accum_steps": 2}), 1)
+  s2, h2, _ = run_steps(helpers.tiny_config(*dirs, **kw, **{"train.grad_accum_steps": 4}), 1)
   np.testing.assert_allclose(h1[0]["grad_norm"], h2[0]["grad_norm"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(s1.trainable), jax.tree.leaves(s2.trainable)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from absl import logging
 
 from dial_jax.hf import mapping
 from dial_jax.models.decoder import DecoderConfig, LoraConfig
@@ -167,22 +168,38 @@ def load_reward_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, par
   shapes = jax.eval_shape(lambda: init_variables(model, head_seed))
   expected = _flatten(shapes["params"])
   flat, missing = hf_state_to_params(read_state_dict(model_dir), expected, param_dtype, source=str(model_dir))
+  if "backbone/lm_head/kernel" in missing:
+    # A *ForSequenceClassification directory of an untied model has no LM head; only the auxiliary LM-loss
+    # baselines use it.
+    logging.warning("%s has no lm_head.weight: the LM head is zero (auxiliary LM losses need a causal-LM checkpoint)",
+                    model_dir)
+    flat["backbone/lm_head/kernel"] = np.zeros(expected["backbone/lm_head/kernel"].shape, param_dtype)
+    missing.remove("backbone/lm_head/kernel")
   not_head = [p for p in missing if p != "score/kernel"]
   if not_head:
     raise ValueError(f"{model_dir}: checkpoint lacks parameters {not_head[:10]}")
-  # Fresh head / adapters: jit so that XLA drops the (discarded) random backbone initialisation.
-  fresh = jax.jit(lambda: _fresh_parts(init_variables(model, head_seed)))() if (missing or "lora" in shapes) else {}
+  fresh = _fresh_head_and_adapters(shapes, head_seed)
   if missing:
-    flat["score/kernel"] = fresh["score"]
+    flat["score/kernel"] = fresh["params/score/kernel"]
   variables = {"params": jax.tree.map(jnp.asarray, _unflatten(flat))}
   if "lora" in shapes:
-    variables["lora"] = fresh["lora"]
+    variables["lora"] = _unflatten({k[len("lora/"):]: v for k, v in fresh.items() if k.startswith("lora/")})
   return model, variables, model_dir
 
 
-def _fresh_parts(variables):
-  return {"score": variables["params"]["score"]["kernel"], "lora": variables.get("lora")}
-
-
-def decoder_config_of(name_or_path) -> DecoderConfig:
-  return decoder_config_from_hf(load_hf_config(resolve_model_dir(name_or_path)))
+def _fresh_head_and_adapters(abstract, seed: int) -> dict[str, jax.Array]:
+  """Initial reward head (normal, std 0.02) and LoRA adapters (A: He-uniform over the input dims, B: zeros),
+  drawn per parameter from its shape alone, so loading never builds (or compiles) a random backbone."""
+  out = {}
+  key = jax.random.PRNGKey(seed)
+  flat = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(nn.unbox(abstract)).items()}
+  for i, (path, leaf) in enumerate(sorted(flat.items())):
+    k = jax.random.fold_in(key, i)
+    if path == "params/score/kernel":
+      out[path] = 0.02 * jax.random.normal(k, leaf.shape, leaf.dtype)
+    elif path.startswith("lora/") and path.endswith("lora_a"):
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      out[path] = jax.random.uniform(k, leaf.shape, leaf.dtype, -1.0, 1.0) * np.sqrt(6.0 / fan_in)
+    elif path.startswith("lora/") and path.endswith("lora_b"):
+      out[path] = jnp.zeros(leaf.shape, leaf.dtype)
+  return out

@@ -195,6 +195,8 @@ class Decoder(nn.Module):
       x = layer(x, positions, masks)
       all_hidden.append(x)
     x = self.norm(x)
+    if self.is_initializing() and not cfg.tie_word_embeddings:
+      self.lm_head(x[:, :1])  # create the untied LM head's parameters (setup() submodules are lazy)
     return (x, all_hidden) if return_all_hidden else x
 
   def logits(self, hidden):
