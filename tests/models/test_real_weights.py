@@ -22,14 +22,14 @@ def real_texts():
   with gzip.open(RAW_DATA / "hh-rlhf-harmless" / "test.jsonl.gz", "rt") as f:
     english = [json.loads(line)["chosen"][:400 + 150 * i] for i, line in zip(range(4), f)]
   korean, _ = sources.parse_korean_file(RAW_DATA / "ko-hh-rlhf-harmless" / "ko_harmless_base_test.txt")
-  korean = [chosen[:300 + 100 * i] for i, (_, chosen, _, _) in enumerate(korean[:4])]
+  korean = [chosen[:200 + 50 * i] for i, (_, chosen, _, _) in enumerate(korean[:4])]
   return english + korean
 
 
 @pytest.mark.parametrize("name", ["gemma-3-270m", "smollm2-135m"])
 def test_bundled_model_matches_transformers(name):
   texts = real_texts()
-  scorer = Scorer.from_pretrained(name, batch_size=4, max_length=512)
+  scorer = Scorer.from_pretrained(name, batch_size=4, max_length=1024)
   rewards, embeddings = scorer.score(texts, return_embeddings=True)
   from dial_jax.hf.load import resolve_model_dir
   ref = transformers.AutoModel.from_pretrained(resolve_model_dir(name), torch_dtype=torch.float32,
@@ -37,7 +37,7 @@ def test_bundled_model_matches_transformers(name):
   head = np.asarray(scorer.variables["params"]["score"]["kernel"])[:, 0]
   for i, text in enumerate(texts):
     ids = torch.tensor([scorer.tokenizer(text)["input_ids"]])
-    assert ids.shape[1] <= 512
+    assert ids.shape[1] <= 1024
     with torch.no_grad():
       last = ref(input_ids=ids).last_hidden_state[0, -1].numpy()
     np.testing.assert_allclose(embeddings[i], last, atol=1e-3, rtol=0, err_msg=f"{name} text {i}")
