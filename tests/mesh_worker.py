@@ -39,7 +39,24 @@ def run(config, model, variables, batches, mesh, steps):
   specs = {jax.tree_util.keystr(k): list(v.sharding.spec) + [None] * (v.ndim - len(v.sharding.spec))
            for k, v in flat}
   return {"history": history, "params": params, "specs": specs, "mesh": dict(mesh.shape),
-          "processes": jax.process_count()}
+          "processes": jax.process_count()}, state
+
+
+def restore_elsewhere(config, model, variables, state, mesh, workdir):
+  """Save ``state`` with the Checkpointer, restore it into a state laid out on ``mesh``; True if equal."""
+  from dial_jax.checkpoint import Checkpointer
+  checkpointer = Checkpointer(workdir, every=1, keep=1)
+  checkpointer.maybe_save(int(state.step), state, force=True)
+  checkpointer.close()
+  tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
+  var_sh = parallel.variable_shardings(loop.abstract_variables(model), mesh)
+  template, _ = state_lib.create_train_state(variables, config, model.config.num_layers, model.config.hidden_size,
+                                             tx, critic_tx, var_sh, mesh)
+  restored = Checkpointer(workdir, every=1, keep=1).restore(template)
+  same = all(np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(state.replace(frozen={})), jax.tree.leaves(restored.replace(frozen={}))))
+  on_new_mesh = all(x.sharding.mesh.devices.size == mesh.size for x in jax.tree.leaves(restored.trainable))
+  return same and on_new_mesh and int(restored.step) == int(state.step)
 
 
 def main(model_dir, data_dir, steps, *meshes):
@@ -56,9 +73,18 @@ def main(model_dir, data_dir, steps, *meshes):
       process_count=jax.process_count())
   results = []
   for spec in meshes:
+    if spec.startswith("restore:"):  # restore the previous mesh's final state onto this one (fewer devices)
+      config.mesh.data, config.mesh.fsdp, config.mesh.tensor = map(int, spec[len("restore:"):].split(","))
+      size = config.mesh.data * config.mesh.fsdp * config.mesh.tensor
+      mesh = parallel.make_mesh(config.mesh, jax.devices()[:size])
+      import tempfile
+      results.append({"restored_equal": restore_elsewhere(config, model, variables, last_state, mesh,
+                                                          tempfile.mkdtemp()), "mesh": dict(mesh.shape)})
+      continue
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = map(int, spec.split(","))
     devices = jax.devices()[:1] if spec == "1,1,1" else None
-    results.append(run(config, model, variables, batches, parallel.make_mesh(config.mesh, devices), int(steps)))
+    result, last_state = run(config, model, variables, batches, parallel.make_mesh(config.mesh, devices), int(steps))
+    results.append(result)
   if jax.process_index() == 0:
     print("RESULT " + json.dumps(results))
 

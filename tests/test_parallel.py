@@ -26,7 +26,7 @@ def dirs(tmp_path_factory):
 def run_worker(dirs, meshes, devices=8, extra_env=None):
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(extra_env or {})}
   cmd = [sys.executable, "-m", "tests.mesh_worker", str(dirs[0]), str(dirs[1]), str(STEPS),
-         *(",".join(map(str, m)) for m in meshes)]
+         *(m if isinstance(m, str) else ",".join(map(str, m)) for m in meshes)]
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -43,7 +43,7 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
 @pytest.fixture(scope="module")
 def mesh_runs(dirs):
   """One 8-device process: the single-device reference run, then each mesh."""
-  return result_of(run_worker(dirs, [(1, 1, 1)] + MESHES))
+  return result_of(run_worker(dirs, [(1, 1, 1)] + MESHES[:3] + ["restore:4,1,1"] + MESHES[3:]))
 
 
 def assert_same_run(a, b):
@@ -56,9 +56,10 @@ def assert_same_run(a, b):
 
 @pytest.mark.parametrize("index", range(len(MESHES)), ids=[str(m) for m in MESHES])
 def test_mesh_matches_single_device(mesh_runs, index):
-  mesh, result = MESHES[index], mesh_runs[index + 1]
+  runs = [r for r in mesh_runs if "history" in r]
+  mesh, result = MESHES[index], runs[index + 1]
   assert result["mesh"] == dict(zip(parallel.MESH_AXES, mesh))
-  assert_same_run(mesh_runs[0], result)
+  assert_same_run(runs[0], result)
   # The rules: embed -> fsdp, heads/vocab -> tensor, replicated where the mesh axis does not divide the dim.
   specs = result["specs"]
   q = "['params']['backbone']['layers_0']['self_attn']['q_proj']['kernel']"  # [embed 64, heads 4, head_dim 16]
@@ -69,6 +70,13 @@ def test_mesh_matches_single_device(mesh_runs, index):
   assert specs[q] == [fsdp, tensor_heads, None]
   assert specs[emb] == [tensor_vocab, fsdp]
   assert specs["['params']['score']['kernel']"] == [None, None]
+
+
+def test_checkpoint_restores_onto_another_mesh(mesh_runs):
+  """A state trained and saved on 8 devices as (2, 2, 2) restores bit-exactly onto 4 devices as (4, 1, 1)."""
+  restore = next(r for r in mesh_runs if "restored_equal" in r)
+  assert restore["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert restore["restored_equal"]
 
 
 def test_two_processes_match_one(dirs, mesh_runs):

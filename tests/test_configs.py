@@ -1,0 +1,48 @@
+"""Every paper-setting config file: its keys, its ':paper' preset, and a short real run (tiny model, real data)."""
+import importlib
+import json
+
+import pytest
+
+from dial_jax.train import loop
+from tests import helpers
+
+SETTINGS = ("few_shot", "cross_lingual", "clean_to_noisy", "simple_to_complex")
+REQUIRED_KEYS = ("model.name", "data.dir", "train.num_steps", "train.batch_size", "train.learning_rate",
+                 "train.seed", "dial.mode", "dial.domain_loss", "dial.lambda_", "dial.critic_iter")
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_config_files_and_presets(setting):
+  module = importlib.import_module(f"configs.{setting}")
+  default, paper = module.get_config(), module.get_config("paper")
+  for key in REQUIRED_KEYS:
+    section, name = key.split(".")
+    assert name in default[section] and name in paper[section], key
+  assert default.data.setting == setting and default.model.name == "gemma-3-270m"
+  assert paper.model.name == "google/gemma-2b" and paper.lora.rank == 64 and paper.train.grad_accum_steps == 2
+  assert (paper.dial.lambda_, paper.dial.gamma, paper.dial.critic_iter) == (0.01, 1.0, 3)
+  with pytest.raises(ValueError):
+    module.get_config("nonsense")
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("configs")
+  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data", settings=SETTINGS[1:])
+
+
+@pytest.mark.parametrize("setting", SETTINGS[1:])  # few_shot runs end to end in test_checkpoint.py
+def test_setting_trains_and_writes_results(dirs, setting, tmp_path):
+  config = importlib.import_module(f"configs.{setting}").get_config()
+  tiny = helpers.tiny_config(*dirs, setting=setting, **{"train.num_steps": 2})
+  config.model, config.data, config.lora, config.train = tiny.model, tiny.data, tiny.lora, tiny.train
+  config.dial.critic_widths = (32, 16)
+  loop.train_and_evaluate(config, str(tmp_path))
+  results = json.loads((tmp_path / "results.json").read_text())
+  test = results["eval"]["target_test"]
+  if setting == "simple_to_complex":
+    assert set(test) >= {"pearson", "spearman"} and -1 <= test["pearson"] <= 1
+  else:
+    assert 0 <= test["accuracy"] <= 1
+  assert test["n"] == 16 and results["data_sizes"]["target_train"] > 0
