@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dial_jax.data import batching
 from dial_jax.train import loop
@@ -28,16 +29,21 @@ def setup(config):
       buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
       pad_id=model.config.pad_token_id, seed=config.train.seed)
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
-  state = state_lib.create_train_state(variables, config, model.config.num_layers, model.config.hidden_size, tx,
-                                       critic_tx)
-  critic = state_lib.make_critic(config)
-  fn = step_lib.train_step.__wrapped__ if hasattr(step_lib.train_step, "__wrapped__") else step_lib.train_step
-  return model, state, batches, (critic, tx, critic_tx), fn
+  state, shardings = state_lib.create_train_state(variables, config, model.config.num_layers,
+                                                  model.config.hidden_size, tx, critic_tx)
+  return model, state, batches, (state_lib.make_critic(config), tx, critic_tx, shardings)
+
+
+def make_step(model, critic, tx, critic_tx, config, shardings):
+  """The jitted step as the loop builds it: explicit state shardings, batch replicated on the 1-device mesh."""
+  batch_sharding = NamedSharding(shardings.step.mesh, PartitionSpec())
+  return step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=shardings,
+                                  batch_sharding=batch_sharding, donate=False)
 
 
 def run_steps(config, n):
-  model, state, batches, (critic, tx, critic_tx), _ = setup(config)
-  step = step_lib.make_train_step(model, critic, tx, critic_tx, config, donate=False)
+  model, state, batches, (critic, tx, critic_tx, shardings) = setup(config)
+  step = make_step(model, critic, tx, critic_tx, config, shardings)
   history = []
   for i in range(n):
     state, metrics = step(state, batches.batch(i))
@@ -47,10 +53,10 @@ def run_steps(config, n):
 
 def test_compiles_once_and_updates_only_trainable(dirs):
   config = helpers.tiny_config(*dirs)
-  model, state0, batches, (critic, tx, critic_tx), _ = setup(config)
+  model, state0, batches, (critic, tx, critic_tx, shardings) = setup(config)
   frozen_before = jax.tree.map(np.asarray, state0.frozen)
   trainable_before = jax.tree.map(np.asarray, state0.trainable)
-  step = step_lib.make_train_step(model, critic, tx, critic_tx, config, donate=False)
+  step = make_step(model, critic, tx, critic_tx, config, shardings)
   state = state0
   for i in range(3):
     state, metrics = step(state, batches.batch(i))
@@ -121,8 +127,8 @@ def test_grad_accumulation_matches_one_big_batch(dirs):
 
 def test_nonfinite_step_is_skipped(dirs):
   config = helpers.tiny_config(*dirs)
-  model, state, batches, (critic, tx, critic_tx), _ = setup(config)
-  step = step_lib.make_train_step(model, critic, tx, critic_tx, config, donate=False)
+  model, state, batches, (critic, tx, critic_tx, shardings) = setup(config)
+  step = make_step(model, critic, tx, critic_tx, config, shardings)
   poisoned = state.replace(trainable=jax.tree.map(lambda x: x.at[...].set(jnp.nan) if x.ndim == 2 and
                                                   x.shape[-1] == 1 else x, state.trainable))
   new, metrics = step(poisoned, batches.batch(0))
