@@ -92,10 +92,18 @@ def paper_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.dial.critic_widths = (256, 128)
   c.dial.critic_learning_rate = 1e-4
   c.dial.critic_weight_decay = 1e-3
+  c.train.num_steps = 2000
   c.train.log_every = 50
   c.train.eval_every = 1000
   c.train.checkpoint_every = 500
   return c
+
+
+def for_setting(setting: str, arg: str | None) -> ml_collections.ConfigDict:
+  """The config of one paper setting (a subfolder of ``data.dir``) with the preset named by ``arg``."""
+  c = get_base_config()
+  c.data.setting = setting
+  return finish(c, arg)
 
 
 def finish(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

@@ -3,9 +3,4 @@ from configs import base
 
 
 def get_config(arg=None):
-  c = base.get_base_config()
-  c.data.setting = "simple_to_complex"
-  c = base.finish(c, arg)
-  if arg == "paper":
-    c.train.num_steps = 2000
-  return c
+  return base.for_setting("simple_to_complex", arg)
