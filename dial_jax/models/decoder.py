@@ -93,8 +93,11 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, mask):
+  def __call__(self, x, positions, mask, kv=None):
+    """Self-attention of x; with ``kv=(x_kv, positions_kv)`` the queries come from x and the keys/values from
+    x_kv (the last-token-only final layer)."""
     cfg = self.config
+    x_kv, positions_kv = (x, positions) if kv is None else kv
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
 
     def proj(name, in_shape, out_shape, in_axes, out_axes, bias):
@@ -103,8 +106,8 @@ class Attention(nn.Module):
                                dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
     q = proj("q_proj", (d,), (n, h), ("embed",), ("heads", "head_dim"), cfg.qkv_bias)(x)
-    key = proj("k_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)(x)
-    v = proj("v_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)(x)
+    key = proj("k_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)(x_kv)
+    v = proj("v_proj", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)(x_kv)
     if cfg.qk_norm:
       norm = dict(eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype)
       q = layers.RMSNorm(h, name="q_norm", **norm)(q)
@@ -115,7 +118,7 @@ class Attention(nn.Module):
       theta, scaling = cfg.rope_theta, cfg.rope_scaling
     inv_freq = layers.rope_inv_freq(h, theta, dict(scaling) if scaling else None)
     q = layers.apply_rope(q, positions, inv_freq)
-    key = layers.apply_rope(key, positions, inv_freq)
+    key = layers.apply_rope(key, positions_kv, inv_freq)
     out = layers.dot_product_attention(q, key, v, mask, cfg.attention_scale, cfg.attn_logit_softcapping)
     return proj("o_proj", (n, h), (d,), ("heads", "head_dim"), ("embed",), cfg.o_bias)(out)
 
@@ -128,14 +131,22 @@ class DecoderLayer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, masks):
+  def __call__(self, x, positions, masks, query_index=None):
+    """One block. With ``query_index`` [B] only that position of each row is computed (its keys and values
+    still come from every position), and the output is [B, 1, D]."""
     cfg = self.config
     norm = dict(dim=cfg.hidden_size, eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype,
                 param_dtype=self.param_dtype)
     mask = masks[self.layer_type]
     h = layers.RMSNorm(name="input_layernorm", **norm)(x)
+    kv = None
+    if query_index is not None:
+      kv = (h, positions)
+      x, h = (jnp.take_along_axis(a, query_index[:, None, None], axis=1) for a in (x, h))
+      positions = jnp.take_along_axis(positions, query_index[:, None], axis=1)
+      mask = jnp.take_along_axis(mask, query_index[:, None, None, None], axis=2)
     h = Attention(cfg, self.layer_type, self.lora, self.dtype, self.param_dtype, name="self_attn")(
-        h, positions, mask)
+        h, positions, mask, kv)
     if cfg.sandwich_norm:
       h = layers.RMSNorm(name="post_attention_layernorm", **norm)(h)
     x = x + h
@@ -182,7 +193,9 @@ class Decoder(nn.Module):
       self.lm_head = layers.Projection((cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",),
                                        dtype=self.dtype, param_dtype=self.param_dtype)
 
-  def __call__(self, input_ids, attention_mask, *, return_all_hidden: bool = False):
+  def __call__(self, input_ids, attention_mask, *, return_all_hidden: bool = False, last_token_only: bool = False):
+    """``last_token_only``: the final layer computes only each row's last real token (exact for last-token
+    pooling; the output is then [B, 1, D])."""
     cfg = self.config
     x = self.embed_tokens(input_ids)
     if cfg.embed_scale:
@@ -191,8 +204,10 @@ class Decoder(nn.Module):
     types = {cfg.layer_type(i) for i in range(cfg.num_layers)}
     masks = {t: layers.attention_mask(attention_mask, cfg.sliding_window if t == SLIDING else None) for t in types}
     all_hidden = [x]
-    for layer in self.layers:
-      x = layer(x, positions, masks)
+    last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(attention_mask.shape[-1])[None, :], 0), axis=-1)
+    for i, layer in enumerate(self.layers):
+      final = i == len(self.layers) - 1
+      x = layer(x, positions, masks, last if (final and last_token_only) else None)
       all_hidden.append(x)
     x = self.norm(x)
     if self.is_initializing() and not cfg.tie_word_embeddings:

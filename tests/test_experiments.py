@@ -1,0 +1,131 @@
+"""The CPU experiment runner: the prefix-cache shortcut is exact, and a short real run fills the results file."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dial_jax.data import batching
+from dial_jax.data.pipeline import Domain
+from dial_jax.experiments import prefix_cache
+from dial_jax.hf import load
+from dial_jax.models.reward import RewardModel
+from tests import helpers
+
+
+def _token_lists(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return [list(rng.integers(3, 256, int(rng.integers(2, 40)))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("family,top_layers", [("gemma3", 1), ("gemma3", 2), ("llama", 1)])
+def test_top_model_on_prefix_cache_equals_full_model(tmp_path, family, top_layers):
+  """Rewards and embeddings of the top model over cached bottom-layer outputs (final layer on the last token
+  only) match the full model run on the tokens, to 1e-4."""
+  model_dir = helpers.make_tiny_model_dir(tmp_path / family, family)
+  model, variables, _ = load.load_reward_model(model_dir)
+  cfg = model.config
+  texts = _token_lists(11)
+  domain = Domain(name="d", kind="scored", texts=texts, scores=np.zeros(len(texts), np.float32))
+
+  ids, mask = batching.pad(texts, 40, cfg.pad_token_id)
+  full = model.apply(variables, ids, mask)
+
+  bottom_cfg, top_cfg = prefix_cache.split_config(cfg, top_layers)
+  bottom, top = prefix_cache.split_params(variables["params"], cfg.num_layers, top_layers)
+  cache = prefix_cache.compute_prefix_cache(bottom_cfg, bottom, prefix_cache.token_lists_of([domain]),
+                                            pad_id=cfg.pad_token_id, batch_size=4, max_length=64, min_bucket=8)
+  assert cache.shape == (sum(map(len, texts)) + 1, cfg.hidden_size)
+  (rows,) = prefix_cache.reindex([domain])
+  top_model = prefix_cache.top_model(top_cfg, cache.shape[0])
+  top_vars = prefix_cache.top_variables(cache, top, variables["params"]["score"]["kernel"])
+  rid, rmask = batching.pad(rows.texts, 40, top_model.config.pad_token_id)
+  out = top_model.apply(top_vars, rid, rmask)
+  np.testing.assert_allclose(out["embeddings"], full["embeddings"], atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(out["rewards"], full["rewards"], atol=1e-4, rtol=1e-4)
+
+
+def test_last_token_only_matches_full_final_layer(tmp_path):
+  """RewardModel(last_token_only=True) gives the same rewards as computing the final layer everywhere."""
+  model_dir = helpers.make_tiny_model_dir(tmp_path / "m", "gemma3")
+  model, variables, _ = load.load_reward_model(model_dir)
+  fast = RewardModel(model.config, pooling="last", last_token_only=True)
+  ids, mask = batching.pad(_token_lists(5, seed=1), 48, model.config.pad_token_id)
+  np.testing.assert_allclose(fast.apply(variables, ids, mask)["rewards"], model.apply(variables, ids, mask)["rewards"],
+                             atol=1e-5, rtol=1e-5)
+
+
+def _row(setting, mode, lr, lam, seed, val, test, loss="wdgrl"):
+  return {"setting": setting, "mode": mode, "domain_loss": loss, "learning_rate": lr, "lambda": lam, "seed": seed,
+          "eval": {"target_val": {"accuracy": val}, "target_test": {"accuracy": test}}}
+
+
+def test_selection_uses_target_val_never_test():
+  from configs import experiments
+  from dial_jax.experiments import runner
+  exp = experiments.get_config()
+  lrs, lams = list(exp.select_learning_rates), list(exp.select_lambdas)
+  rows = [_row("s", "source_only", lr, 0.0, 0, val=0.5 + 0.1 * (lr == lrs[1]), test=0.9 * (lr == lrs[0]))
+          for lr in lrs]
+  assert runner.selections(exp, "s", rows) == (lrs[1], None)  # lambda undecided until its runs exist
+  rows += [_row("s", "dial", lrs[1], lam, 0, val=0.6 + 0.1 * (lam == lams[2]), test=0.9 * (lam == lams[0]))
+           for lam in lams]
+  rows += [_row("s", "dial", lrs[1], lams[0], 1, val=0.99, test=0.99)]  # other seeds do not vote
+  assert runner.selections(exp, "s", rows) == (lrs[1], lams[2])
+  specs = [s.run_id for s in runner.grid(exp, "s", rows)]
+  assert len(specs) == len(set(specs))
+  assert f"s/dial/wdgrl/lam={lams[2]:g}/lr={lrs[1]:g}/seed=2" in specs
+  assert f"s/oracle/wdgrl/lam=0/lr={lrs[1]:g}/seed=0" in specs
+
+
+def test_results_file_torn_last_line_ignored_bad_middle_line_named(tmp_path):
+  from dial_jax.experiments import runner
+  path = tmp_path / "r.jsonl"
+  runner.append_result(path, {"run_id": "a"})
+  with open(path, "a") as f:
+    f.write('{"run_id": "b", "eval')
+  assert [r["run_id"] for r in runner.read_results(path)] == ["a"]
+  path.write_text('{"run_id": "a"}\nnot json\n{"run_id": "c"}\n')
+  with pytest.raises(ValueError, match="line 2"):
+    runner.read_results(path)
+
+
+@pytest.fixture(scope="module")
+def quick_grid(tmp_path_factory):
+  """CI's short version: the quick preset on the real Gemma-3-270M and real prepared few-shot data."""
+  from configs import experiments
+  from dial_jax.experiments import runner
+  root = tmp_path_factory.mktemp("exp")
+  exp = experiments.get_config("quick")
+  exp.data_dir = str(helpers.prepare_data(root / "data", settings=("few_shot",)))
+  exp.results, exp.cache_dir, exp.artifacts_dir = str(root / "results.jsonl"), str(root / "cache"), str(root / "art")
+  first = runner.run_grid(exp)
+  return exp, root, first
+
+
+def test_quick_grid_runs_appends_and_skips_done(quick_grid):
+  from dial_jax.experiments import runner
+  exp, root, first = quick_grid
+  rows = runner.read_results(exp.results)
+  # lr selection (1) + lambda selection (1, also DIAL seed 0) + source-only seed 0 (= the lr run) + mmd (1)
+  assert first == 3 and len(rows) == 3
+  assert {(r["mode"], r["domain_loss"]) for r in rows} == {("source_only", "wdgrl"), ("dial", "wdgrl"), ("dial", "mmd")}
+  for r in rows:
+    assert r["data_sizes"] == {"source_train": 8, "target_train": 8, "target_val": 8, "target_test": 8}
+    assert 0.0 <= r["eval"]["target_test"]["accuracy"] <= 1.0 and r["eval"]["target_test"]["n"] == 8
+    assert len(r["history"]) == exp.train_config.train.num_steps and np.isfinite(r["history"][-1]["loss"])
+  dial = next(r for r in rows if r["mode"] == "dial" and r["domain_loss"] == "wdgrl")
+  assert dial["history"][-1]["wasserstein"] == dial["history"][-1]["domain_loss"]
+  assert runner.run_grid(exp) == 0  # everything is done: nothing reruns
+  assert len(list((root / "cache").glob("*.npy"))) == 1
+
+
+def test_quick_grid_report(quick_grid):
+  from dial_jax.experiments import report
+  exp, root, _ = quick_grid
+  text = report.write_report(exp, str(root / "REPORT.md"))
+  assert "| few-shot-to-full (TL;DR) | accuracy | 8 / 8, 8 / 8 |" in text
+  assert "| few-shot-to-full (TL;DR) | mmd |" in text
+  assert (root / "figures" / "target_metric.png").stat().st_size > 1000
+  assert (root / "figures" / "embeddings.png").stat().st_size > 1000
