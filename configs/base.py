@@ -16,6 +16,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.pooling = "last"          # last | mean
   c.model.remat_policy = "none"     # none | full | dots | dots_no_batch
+  c.model.last_token_only = True    # final layer computes the last real token only (exact with pooling=last)
   c.model.head_seed = 0
 
   c.data = ml_collections.ConfigDict()

@@ -151,7 +151,7 @@ def init_variables(model: RewardModel, seed: int = 0, seq_len: int = 8):
 
 def load_reward_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
                       pooling: str = "last", lora: LoraConfig = LoraConfig(), head_seed: int = 0,
-                      remat_policy: str = "none"):
+                      remat_policy: str = "none", last_token_only: bool = False):
   """Load a reward model from HF weights.
 
   Returns ``(model, variables, model_dir)``. The backbone comes from the checkpoint; the ``score`` head too
@@ -164,7 +164,7 @@ def load_reward_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, par
     raise ValueError(f"{model_dir}: a reward model needs num_labels=1, config has {hf_config.num_labels}")
   config = decoder_config_from_hf(hf_config)
   model = RewardModel(config, pooling=pooling, lora=lora, dtype=dtype, param_dtype=param_dtype,
-                      remat_policy=remat_policy)
+                      remat_policy=remat_policy, last_token_only=last_token_only)
   shapes = jax.eval_shape(lambda: init_variables(model, head_seed))
   expected = _flatten(shapes["params"])
   flat, missing = hf_state_to_params(read_state_dict(model_dir), expected, param_dtype, source=str(model_dir))

@@ -68,7 +68,7 @@ def build_model(config: ml_collections.ConfigDict):
   model, variables, model_dir = load.load_reward_model(
       config.model.name, dtype=jnp.dtype(config.model.dtype), param_dtype=jnp.dtype(config.model.param_dtype),
       pooling=config.model.pooling, lora=lora_config(config), head_seed=config.model.head_seed,
-      remat_policy=config.model.remat_policy)
+      remat_policy=config.model.remat_policy, last_token_only=config.model.get("last_token_only", False))
   return model, variables, load.load_tokenizer(model_dir), model_dir
 
 
