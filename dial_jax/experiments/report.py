@@ -247,7 +247,9 @@ def _cpu_count() -> int:
 
 
 def write_report(exp: ml_collections.ConfigDict, path: str) -> str:
-  rows = runner.read_results(exp.results)
+  """Write the report of the rows made under ``exp``'s grid (other rows in the file are ignored)."""
+  fingerprint = runner.grid_fingerprint(exp)
+  rows = [r for r in runner.read_results(exp.results) if r.get("grid") == fingerprint]
   path = Path(path)
   fig_dir = path.parent / "figures"
   fig_dir.mkdir(parents=True, exist_ok=True)

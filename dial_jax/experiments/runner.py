@@ -6,6 +6,7 @@ already there is skipped, so an interrupted grid resumes where it stopped and lo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -238,6 +239,14 @@ def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
   return Path(exp.artifacts_dir) / (spec.run_id.replace("/", "_") + ".npz")
 
 
+def grid_fingerprint(exp: ml_collections.ConfigDict) -> str:
+  """Hash of everything that defines a run besides its RunSpec: rows made under other settings never count."""
+  parts = {k: exp[k] for k in ("model", "top_layers", "max_length")}
+  parts["limits"] = exp.limits.to_dict()
+  parts["train_config"] = exp.train_config.to_dict()
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def git_commit() -> str:
   try:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -249,6 +258,7 @@ def git_commit() -> str:
 def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: int = 0) -> int:
   """Run every missing run of the grid (settings in order); returns how many ran."""
   results = Path(exp.results)
+  fingerprint = grid_fingerprint(exp)
   base_model = load.load_reward_model(exp.model)
   ran = 0
   for setting in exp.settings:
@@ -256,7 +266,7 @@ def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: in
       continue
     data = None
     while True:
-      rows = read_results(results)
+      rows = [r for r in read_results(results) if r.get("grid") == fingerprint]
       done = {r["run_id"] for r in rows}
       todo = [s for s in grid(exp, setting, rows) if s.run_id not in done]
       if not todo:
@@ -275,7 +285,8 @@ def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: in
       row = {"run_id": spec.run_id, **dataclasses.asdict(spec), "lambda": spec.lambda_, **out,
              "data_sizes": data.sizes, "cache_seconds": data.cache_seconds, "model": exp.model,
              "top_layers": exp.top_layers, "max_length": exp.max_length, "num_steps": config.train.num_steps,
-             "batch_size": config.train.batch_size, "commit": git_commit(), "time": time.time()}
+             "batch_size": config.train.batch_size, "grid": fingerprint, "commit": git_commit(),
+             "time": time.time()}
       row.pop("lambda_")
       append_result(results, row)
       ran += 1
