@@ -65,6 +65,7 @@ def test_selection_uses_target_val_never_test():
   from configs import experiments
   from dial_jax.experiments import runner
   exp = experiments.get_config()
+  exp.select_learning_rates, exp.select_lambdas = (5e-5, 2e-4), (0.01, 0.1, 1.0)
   lrs, lams = list(exp.select_learning_rates), list(exp.select_lambdas)
   rows = [_row("s", "source_only", lr, 0.0, 0, val=0.5 + 0.1 * (lr == lrs[1]), test=0.9 * (lr == lrs[0]))
           for lr in lrs]
@@ -72,11 +73,26 @@ def test_selection_uses_target_val_never_test():
   rows += [_row("s", "dial", lrs[1], lam, 0, val=0.6 + 0.1 * (lam == lams[2]), test=0.9 * (lam == lams[0]))
            for lam in lams]
   rows += [_row("s", "dial", lrs[1], lams[0], 1, val=0.99, test=0.99)]  # other seeds do not vote
-  assert runner.selections(exp, "s", rows) == (lrs[1], lams[2])
+  rows += [dict(_row("s", "dial", lrs[1], lams[1], 0, val=0.99, test=0.99), variant="dial.critic_iter=10")]
+  assert runner.selections(exp, "s", rows) == (lrs[1], lams[2])  # nor do exploratory variants
   specs = [s.run_id for s in runner.grid(exp, "s", rows)]
-  assert len(specs) == len(set(specs))
+  # 2 lr + 3 lambda selection runs; the main seed-0 runs are those same runs (reused, not rerun); + 2 seeds x 2
+  # methods + 1 oracle
+  assert len(set(specs)) == 2 + 3 + 4 + 1
   assert f"s/dial/wdgrl/lam={lams[2]:g}/lr={lrs[1]:g}/seed=2" in specs
   assert f"s/oracle/wdgrl/lam=0/lr={lrs[1]:g}/seed=0" in specs
+
+
+def test_variant_overrides_one_key_of_the_run_config():
+  from configs import experiments
+  from dial_jax.experiments import runner
+  exp = experiments.get_config()
+  spec = runner.RunSpec("few_shot", "dial", "wdgrl", 0.1, 2e-4, 0, "dial.lambda_=0.001")
+  c = runner.run_config(exp, spec)
+  assert (c.dial.lambda_, c.train.learning_rate, c.dial.mode) == (0.001, 2e-4, "dial")
+  assert runner.run_config(exp, runner.RunSpec("few_shot", "dial", "wdgrl", 0.1, 2e-4, 0,
+                                               "dial.critic_activation=gelu")).dial.critic_activation == "gelu"
+  assert spec.run_id.endswith("/seed=0/dial.lambda_=0.001")
 
 
 def test_results_file_torn_last_line_ignored_bad_middle_line_named(tmp_path):

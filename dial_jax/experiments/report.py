@@ -49,9 +49,11 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict]) -> dict:
   """Per setting: chosen lr/lambda and the test metric of each method's runs at them (over ``exp.seeds``)."""
   out = {}
   for setting in exp.settings:
-    mine = [r for r in rows if r["setting"] == setting]
-    if not mine:
+    everything = [r for r in rows if r["setting"] == setting]
+    if not everything:
       continue
+    mine = [r for r in everything if not r.get("variant")]
+    variants = [r for r in everything if r.get("variant")]
     lr, lam = runner.selections(exp, setting, rows)
     pick = {
         "source_only": lambda r: r["mode"] == "source_only" and r["learning_rate"] == lr and r["seed"] in exp.seeds,
@@ -65,7 +67,8 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict]) -> dict:
       alt[loss] = [r for r in mine if r["mode"] == "dial" and r["domain_loss"] == loss and r["learning_rate"] == lr
                    and r["lambda"] == lam]
     out[setting] = {"lr": lr, "lambda": lam, "metric": _metric_name(mine), "methods": methods, "alt": alt,
-                    "rows": mine, "sizes": mine[0]["data_sizes"], "cache_seconds": max(r["cache_seconds"] for r in mine)}
+                    "rows": mine, "variants": variants, "sizes": mine[0]["data_sizes"],
+                    "cache_seconds": max(r["cache_seconds"] for r in everything)}
   return out
 
 
@@ -217,6 +220,18 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
       if r["seed"] == 0 and r["domain_loss"] == "wdgrl" and r["mode"] != "oracle":
         lines.append(f"| {setting} | {r['mode']} | {r['learning_rate']:g} | {r['lambda']:g} | "
                      f"{runner.target_metric(r):.3f} | {runner.target_metric(r, 'target_test'):.3f} |")
+
+  explored = [(setting, r) for setting, s in summary.items() for r in s["variants"]]
+  if explored:
+    lines += ["", "## What else was tried (DIAL variants, seed 0, at the chosen lr and λ)", "",
+              "| setting | change | λ | target_val | target_test | source-only seed 0 (val / test) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for setting, r in explored:
+      so = [x for x in summary[setting]["methods"]["source_only"] if x["seed"] == 0]
+      ref = (f"{runner.target_metric(so[0]):.3f} / {runner.target_metric(so[0], 'target_test'):.3f}" if so else "—")
+      lines.append(f"| {setting} | `{r['variant']}` | {r['lambda']:g} | {runner.target_metric(r):.3f} | "
+                   f"{runner.target_metric(r, 'target_test'):.3f} | {ref} |")
+    lines += ["", "These runs do not feed the main table (its configuration was fixed by the selection above)."]
 
   if figures.get("embeddings"):
     lines += ["", "## Embeddings and W over training", "",

@@ -43,11 +43,13 @@ class RunSpec:
   lambda_: float
   learning_rate: float
   seed: int
+  variant: str = ""   # an exploratory override "section.key=value" on top of the chosen configuration
 
   @property
   def run_id(self) -> str:
-    return (f"{self.setting}/{self.mode}/{self.domain_loss}/lam={self.lambda_:g}/lr={self.learning_rate:g}"
+    base = (f"{self.setting}/{self.mode}/{self.domain_loss}/lam={self.lambda_:g}/lr={self.learning_rate:g}"
             f"/seed={self.seed}")
+    return f"{base}/{self.variant}" if self.variant else base
 
 
 # ---------------------------------------------------------------------------------------------- results file
@@ -137,6 +139,11 @@ def run_config(exp: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.
   c.data.setting = spec.setting
   c.dial.mode, c.dial.domain_loss, c.dial.lambda_ = spec.mode, spec.domain_loss, spec.lambda_
   c.train.learning_rate, c.train.seed, c.model.head_seed = spec.learning_rate, spec.seed, spec.seed
+  if spec.variant:
+    key, _, value = spec.variant.partition("=")
+    section, name = key.split(".")
+    old = c[section][name]
+    c[section][name] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")
   return c
 
 
@@ -194,7 +201,7 @@ def train_run(data: SettingData, config: ml_collections.ConfigDict, *, save_embe
 
 def _best(rows: list[dict], key: Callable[[dict], Any], candidates: list) -> Any:
   """The candidate whose seed-0 run has the best target_val metric (ties: the earlier); None until all ran."""
-  scores = {key(r): target_metric(r) for r in rows if r["seed"] == 0}
+  scores = {key(r): target_metric(r) for r in rows if r["seed"] == 0 and not r.get("variant")}
   if any(c not in scores for c in candidates):
     return None
   return max(candidates, key=lambda c: (scores[c], -candidates.index(c)))
@@ -232,6 +239,9 @@ def grid(exp: ml_collections.ConfigDict, setting: str, rows: list[dict]) -> Iter
     for loss in exp.alt_domain_losses:
       for seed in exp.alt_seeds:
         yield RunSpec(setting, "dial", loss, lam, lr, seed)
+  if setting in exp.explore_settings:
+    for variant in exp.explore_variants:
+      yield RunSpec(setting, "dial", "wdgrl", lam, lr, 0, variant)
 
 
 def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
@@ -248,9 +258,12 @@ def grid_fingerprint(exp: ml_collections.ConfigDict) -> str:
 
 
 def git_commit() -> str:
+  """HEAD's short hash, with ``-dirty`` when tracked files differ from it."""
   try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "dial_jax", "configs"]).returncode != 0
+    return head + ("-dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
@@ -288,6 +301,7 @@ def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: in
              "batch_size": config.train.batch_size, "grid": fingerprint, "commit": git_commit(),
              "time": time.time()}
       row.pop("lambda_")
+      row["lambda"] = config.dial.lambda_  # effective (a variant may override it)
       append_result(results, row)
       ran += 1
       logging.info("done %s: val %.4f test %.4f (%.0f s)", spec.run_id, target_metric(row),
