@@ -39,7 +39,7 @@ def get_config(arg=None):
   c.alt_seeds = (0,)
   # Exploratory DIAL variants (seed 0, on top of the chosen lr and lambda), reported apart from the main table,
   # for the settings where DIAL did not beat source-only on validation.
-  c.explore_settings = ()
+  c.explore_settings = ("cross_lingual", "clean_to_noisy", "simple_to_complex")
   c.explore_variants = ("dial.critic_activation=gelu", "dial.lambda_=0.001", "dial.critic_iter=10",
                         "dial.lambda_warmup_steps=75")
   c.embedding_setting = "few_shot"               # the 2-D embedding figure and W-over-training curve
