@@ -134,7 +134,7 @@ def test_quick_grid_runs_appends_and_skips_done(quick_grid):
   dial = next(r for r in rows if r["mode"] == "dial" and r["domain_loss"] == "wdgrl")
   assert dial["history"][-1]["wasserstein"] == dial["history"][-1]["domain_loss"]
   assert runner.run_grid(exp) == 0  # everything is done: nothing reruns
-  assert len(list((root / "cache").glob("*.npy"))) == 1
+  assert len(list((root / "cache").glob("*.npy"))) == 1 and len(list((root / "cache").glob("*.json"))) == 1
 
 
 def test_quick_grid_report(quick_grid):

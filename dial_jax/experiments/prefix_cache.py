@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -87,16 +89,22 @@ def compute_prefix_cache(bottom_cfg: DecoderConfig, bottom_params: dict, token_l
   return out
 
 
-def load_or_compute(path: Path, compute) -> np.ndarray:
-  """The array at ``path`` if it exists, else ``compute()`` saved there atomically."""
+def load_or_compute(path: Path, compute) -> tuple[np.ndarray, float | None]:
+  """(the array at ``path``, seconds it took to compute) if it exists, else ``compute()`` saved there
+  atomically. The seconds live in a ``.json`` beside the array (None for caches made before it was kept)."""
+  meta = path.with_suffix(".json")
   if path.exists():
-    return np.load(path, mmap_mode="r")
+    seconds = json.loads(meta.read_text())["compute_seconds"] if meta.exists() else None
+    return np.load(path, mmap_mode="r"), seconds
+  start = time.time()
   array = compute()
+  seconds = time.time() - start
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp.npy")
   np.save(tmp, array)
   tmp.replace(path)
-  return array
+  meta.write_text(json.dumps({"compute_seconds": seconds, "rows": int(array.shape[0])}))
+  return array, seconds
 
 
 def reindex(domains: Sequence[Domain]) -> list[Domain]:

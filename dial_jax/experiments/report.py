@@ -68,8 +68,16 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict]) -> dict:
                    and r["lambda"] == lam]
     out[setting] = {"lr": lr, "lambda": lam, "metric": _metric_name(mine), "methods": methods, "alt": alt,
                     "rows": mine, "variants": variants, "sizes": mine[0]["data_sizes"],
-                    "cache_seconds": max(r["cache_seconds"] for r in everything)}
+                    "cache_seconds": _cache_seconds(everything)}
   return out
+
+
+def _cache_seconds(rows: list[dict]) -> float | None:
+  """The prefix cache's compute time recorded by the runs (None if every run loaded a cache made before times
+  were kept: rows written then hold the load time, under a second)."""
+  seconds = [r["cache_seconds"] for r in rows if r.get("cache_seconds") is not None]
+  best = max(seconds, default=None)
+  return best if best is not None and best >= 5.0 else None
 
 
 def _test(rows):
@@ -91,7 +99,7 @@ def bar_chart(summary: dict, path: Path) -> None:
       errs.append(std)
     ax.bar(np.arange(len(settings)) + (j - 1) * width, means, width, yerr=errs, capsize=3, label=method)
   ax.set_xticks(np.arange(len(settings)), [TITLES[s].split(" (")[0] for s in settings])
-  ax.set_ylabel("target test metric (accuracy; Pearson for simple-to-complex)")
+  ax.set_ylabel("target test metric\n(accuracy; Pearson for simple-to-complex)", fontsize=8)
   ax.axhline(0.5, color="gray", lw=0.5, ls=":")
   ax.legend()
   ax.set_title("dial_jax on CPU: Gemma-3-270M, top layer trained (mean ± std over seeds)")
@@ -246,7 +254,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
             f"- {len(rows)} runs, {run_seconds / 60:.1f} min of training + evaluation in all "
             f"(median {np.median([r['seconds'] for r in rows]):.0f} s per run).",
             "- Prefix caches (one forward pass of the frozen layers per text; made once per setting, then loaded): "
-            + ", ".join(f"{k} {v / 60:.1f} min" for k, v in cache.items()) + ".",
+            + ", ".join(f"{k} {v / 60:.1f} min" if v is not None else f"{k} not recorded (made by an earlier "
+                        "invocation before compute times were kept)" for k, v in cache.items()) + ".",
             f"- Machine: {platform.machine()} CPU, {_cpu_count()} cores (the project's 2-core CI kind); report "
             f"written {time.strftime('%Y-%m-%d')}.", "",
             "Reproduce: `python -m dial_jax.prepare --raw_dir=../shared/data/raw --out_dir=data` then "
@@ -276,6 +285,9 @@ def write_report(exp: ml_collections.ConfigDict, path: str) -> str:
     if embedding_figure(exp, summary, fig_dir / "embeddings.png") or (fig_dir / "embeddings.png").exists():
       figures["embeddings"] = "figures/embeddings.png"
   text = render(exp, summary, rows, figures)
+  notes = path.parent / "NOTES.md"
+  if notes.exists():  # hand-written discussion, kept apart from the generated numbers
+    text += "\n## Discussion (hand-written, `experiments/NOTES.md`)\n\n" + notes.read_text(encoding="utf-8")
   path.write_text(text, encoding="utf-8")
   return text
 

@@ -102,7 +102,7 @@ class SettingData:
   model: Any
   top_backbone: dict
   cache: np.ndarray
-  cache_seconds: float
+  cache_seconds: float | None   # time to compute the cache (None: made before that was recorded)
   sizes: dict[str, int]
 
 
@@ -123,12 +123,11 @@ def prepare_setting(exp: ml_collections.ConfigDict, setting: str, *, base_model=
   bottom, top = prefix_cache.split_params(variables["params"], cfg.num_layers, exp.top_layers)
   key = prefix_cache.fingerprint(token_lists, exp.model, exp.top_layers, exp.max_length)
   path = Path(exp.cache_dir) / f"{setting}-{key}.npy"
-  start = time.time()
-  cache = prefix_cache.load_or_compute(path, lambda: prefix_cache.compute_prefix_cache(
+  cache, seconds = prefix_cache.load_or_compute(path, lambda: prefix_cache.compute_prefix_cache(
       bottom_cfg, bottom, token_lists, pad_id=cfg.pad_token_id, batch_size=exp.cache_batch_size,
       max_length=exp.max_length, min_bucket=exp.train_config.data.min_bucket))
-  seconds = time.time() - start
-  logging.info("%s: prefix cache %s (%d rows) in %.0f s", setting, path, cache.shape[0], seconds)
+  logging.info("%s: prefix cache %s (%d rows), computed in %s s", setting, path, cache.shape[0],
+               "?" if seconds is None else f"{seconds:.0f}")
   reindexed = dict(zip(domains, prefix_cache.reindex(list(domains.values()))))
   return SettingData(setting, reindexed, prefix_cache.top_model(top_cfg, cache.shape[0]), top, cache, seconds,
                      {k: len(v) for k, v in domains.items()})
