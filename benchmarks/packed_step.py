@@ -19,7 +19,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from dial_jax import losses
 from dial_jax.models.decoder import SLIDING
@@ -126,15 +125,8 @@ def packed_train_step(state, batch, *, model, critic, tx, critic_tx, config, pai
 
   (_, (metrics, critic_vars, critic_opt_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.trainable, state.critic, state.critic_opt_state)
-  grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-  trainable = optax.apply_updates(state.trainable, updates)
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-  new_state = state.replace(
-      step=state.step + 1, rng=rng, trainable=keep(trainable, state.trainable),
-      opt_state=keep(opt_state, state.opt_state), critic=keep(critic_vars, state.critic),
-      critic_opt_state=keep(critic_opt_state, state.critic_opt_state))
+  new_state, grad_norm, finite = step_lib.apply_update(state, grads, metrics["loss"], critic_vars, critic_opt_state,
+                                                      rng, tx)
   metrics.update(grad_norm=grad_norm, domain_weight=lam, nonfinite=(~finite).astype(jnp.int32))
   return new_state, metrics
 

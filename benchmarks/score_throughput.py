@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:  # this checkout's dial_jax (and tests/ for --quic
   sys.path.insert(0, str(REPO))
 
 from absl import app, flags, logging  # noqa: E402
+from benchmarks.common import CompileEvents, machine_busy_s  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "gemma-3-270m", "HF model directory or bundled model name (see dial_jax.hf.load).")
@@ -173,32 +174,6 @@ def torch_scorer(model_dir: Path, tokenizer, head, batch_size: int):
   return score, model
 
 
-class CompileEvents:
-  """Seconds JAX spends tracing, lowering and compiling (``jax.monitoring`` events), and the number of compiles."""
-
-  def __init__(self):
-    self.seconds, self.compiles = {}, 0
-
-  def __call__(self, event: str, duration: float, **kwargs):
-    if event.startswith("/jax/core/compile/"):
-      name = event.rsplit("/", 1)[1].removesuffix("_duration")
-      self.seconds[name] = self.seconds.get(name, 0.0) + duration
-      self.compiles += name == "backend_compile"
-
-  def take(self) -> tuple[dict, int]:
-    out = (dict(self.seconds), self.compiles)
-    self.seconds, self.compiles = {}, 0
-    return out
-
-
-def machine_busy_s() -> float | None:
-  """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), for the contention check."""
-  try:
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-  except (OSError, ValueError, IndexError):
-    return None
 
 
 def timed(fn, *args, stats: dict | None = None):

@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:  # this checkout's dial_jax, configs/ and tests/, 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # GPU: JAX and torch share the card in step 2
 
 from absl import app, flags, logging  # noqa: E402
+from benchmarks.common import CompileEvents, machine_busy_s  # noqa: E402
 
 FLAGS = flags.FlagValues()  # a private registry: importing this module (tests do) clashes with no other absl CLI
 flags.DEFINE_string("model", "gemma-3-270m", "Headline model: HF directory, bundled name, or "
@@ -120,15 +121,6 @@ def usable_cpus() -> int:
   except AttributeError:
     return os.cpu_count() or 1
 
-
-def machine_busy_s() -> float | None:
-  """CPU seconds all processes have spent busy since boot (``/proc/stat``), to see how quiet the machine was."""
-  try:
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-  except (OSError, ValueError, IndexError):
-    return None
 
 
 def other_busy_cpus(seconds: float = 2.0) -> float | None:
@@ -482,23 +474,6 @@ def check_numerics(model_dir: Path, batch: dict, max_length: int, pairs: int, gp
 
 
 # ----------------------------------------------------------------------------------------------------- workers
-
-class CompileEvents:
-  """Seconds JAX spends tracing, lowering and compiling (``jax.monitoring``), and the number of XLA compiles."""
-
-  def __init__(self):
-    self.seconds, self.compiles = {}, 0
-
-  def __call__(self, event: str, duration: float, **kwargs):
-    if event.startswith("/jax/core/compile/"):
-      name = event.rsplit("/", 1)[1].removesuffix("_duration")
-      self.seconds[name] = self.seconds.get(name, 0.0) + duration
-      self.compiles += name == "backend_compile"
-
-  def take(self) -> tuple[dict, int]:
-    out = (dict(self.seconds), self.compiles)
-    self.seconds, self.compiles = {}, 0
-    return out
 
 
 def rss_mib(field: str = "VmRSS") -> float:

@@ -1,8 +1,4 @@
 """The CPU experiment runner: the prefix-cache shortcut is exact, and a short real run fills the results file."""
-import json
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -4,6 +4,7 @@ r"""The results report (markdown table + figures), built from the results file a
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -256,18 +257,13 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
             "- Prefix caches (one forward pass of the frozen layers per text; made once per setting, then loaded): "
             + ", ".join(f"{k} {v / 60:.1f} min" if v is not None else f"{k} not recorded (made by an earlier "
                         "invocation before compute times were kept)" for k, v in cache.items()) + ".",
-            f"- Machine: {platform.machine()} CPU, {_cpu_count()} cores (the project's 2-core CI kind); report "
+            f"- Machine: {platform.machine()} CPU, {os.cpu_count()} cores (the project's 2-core CI kind); report "
             f"written {time.strftime('%Y-%m-%d')}.", "",
             "Reproduce: `python -m dial_jax.prepare --raw_dir=../shared/data/raw --out_dir=data` then "
             "`python -m dial_jax.experiments --config=configs/experiments.py` (resumes; skips finished runs), and "
             "`python -m dial_jax.experiments.report --config=configs/experiments.py` to rebuild this page. One run: "
             "`--settings=few_shot --max_runs=1`."]
   return "\n".join(lines) + "\n"
-
-
-def _cpu_count() -> int:
-  import os
-  return os.cpu_count() or 0
 
 
 def write_report(exp: ml_collections.ConfigDict, path: str) -> str:

@@ -271,7 +271,7 @@ def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: in
   """Run every missing run of the grid (settings in order); returns how many ran."""
   results = Path(exp.results)
   fingerprint = grid_fingerprint(exp)
-  base_model = load.load_reward_model(exp.model)
+  base_model = None  # loaded once, and only when some setting has a run to make
   ran = 0
   for setting in exp.settings:
     if only_settings and setting not in only_settings:
@@ -287,6 +287,7 @@ def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: in
         return ran
       spec = todo[0]
       if data is None:
+        base_model = base_model or load.load_reward_model(exp.model)
         data = prepare_setting(exp, setting, base_model=base_model)
       config = run_config(exp, spec)
       save = None
