@@ -27,7 +27,8 @@ def setup(config):
   batches = loop.pipeline.PairedBatches(
       source, target, batch_size=config.train.batch_size, grad_accum_steps=config.train.grad_accum_steps,
       buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
-      pad_id=model.config.pad_token_id, seed=config.train.seed)
+      pad_id=model.config.pad_token_id, seed=config.train.seed,
+      **loop.packing_options(config, loop.parallel.make_mesh(config.mesh)))
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   state, shardings = state_lib.create_train_state(variables, config, model.config.num_layers,
                                                   model.config.hidden_size, tx, critic_tx)

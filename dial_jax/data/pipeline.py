@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dial_jax.data import batching, tokenize
+from dial_jax.data import batching, packing, tokenize
 from dial_jax.data import io as dio
 
 
@@ -92,10 +92,16 @@ class PairedBatches:
   Arrays have shape ``[grad_accum, pairs per micro-batch (this process's share), length]``, one array each for
   source/target chosen/rejected ids and masks (see ``BATCH_KEYS``); ``length`` is the smallest bucket that fits
   every text of the step.
+
+  With ``packing`` ``sequences`` or ``shared_prefix`` the step's sequences are packed instead
+  (``dial_jax.data.packing``) into rows of ``pack_row_length`` tokens: ``PACKED_KEYS`` arrays of shape
+  ``[grad_accum, rows (this process's share), ...]``, plus ``target_pair_weight``. Every process packs every
+  process's sequences, so all agree on the row count: the step's largest, rounded up to ``pack_rows_multiple``.
   """
 
   def __init__(self, source: Domain, target: Domain, *, batch_size: int, grad_accum_steps: int, buckets: Sequence[int],
-               pad_id: int, seed: int, process_index: int = 0, process_count: int = 1):
+               pad_id: int, seed: int, process_index: int = 0, process_count: int = 1, packing_mode: str = "none",
+               pack_row_length: int = 0, pack_rows_multiple: int = 1):
     if source.kind != "pairs":
       raise ValueError(f"the source domain must be preference pairs, {source.name} holds scored texts")
     if batch_size % grad_accum_steps:
@@ -110,6 +116,15 @@ class PairedBatches:
     self.batch_size, self.accum, self.micro = batch_size, grad_accum_steps, micro
     self.buckets, self.pad_id, self.seed = tuple(buckets), pad_id, seed
     self.process_index, self.process_count = process_index, process_count
+    if packing_mode not in packing.MODES:
+      raise ValueError(f"data.packing must be one of {packing.MODES}, got {packing_mode!r}")
+    self.packing_mode = packing_mode
+    self.pack_row_length = pack_row_length or self.buckets[-1]
+    if self.pack_row_length < self.buckets[-1]:
+      raise ValueError(f"data.pack_row_length {pack_row_length} is shorter than data.max_length {self.buckets[-1]}")
+    if pack_rows_multiple < 1:
+      raise ValueError(f"pack_rows_multiple must be >= 1, got {pack_rows_multiple}")
+    self.pack_rows_multiple = pack_rows_multiple
 
   def _pairs(self, domain: Domain, salt: int, step: int):
     """(chosen token lists, rejected token lists, weights) in global order for one step."""
@@ -128,6 +143,8 @@ class PairedBatches:
   def batch(self, step: int) -> dict[str, np.ndarray]:
     s_c, s_r, _ = self._pairs(self.source, 0, step)
     t_c, t_r, t_w = self._pairs(self.target, 1, step)
+    if self.packing_mode != "none":
+      return self._packed_batch(s_c, s_r, t_c, t_r, t_w)
     length = batching.bucket_for(max(len(t) for t in s_c + s_r + t_c + t_r), self.buckets)
     per_proc = self.micro // self.process_count
     parts = {"source_chosen": s_c, "source_rejected": s_r, "target_chosen": t_c, "target_rejected": t_r}
@@ -140,4 +157,25 @@ class PairedBatches:
         out[f"{name}_ids"].append(ids)
         out[f"{name}_mask"].append(mask)
       out["target_pair_weight"].append(t_w[rows])
+    return {k: np.stack(v) for k, v in out.items()}
+
+  def _packed_batch(self, s_c, s_r, t_c, t_r, t_w) -> dict[str, np.ndarray]:
+    per_proc = self.micro // self.process_count
+    rows = {}  # (micro-batch, process) -> packed rows
+    for m in range(self.accum):
+      for p in range(self.process_count):
+        start = m * self.micro + p * per_proc
+        sl = slice(start, start + per_proc)
+        rows[m, p] = packing.pack_rows(s_c[sl] + s_r[sl] + t_c[sl] + t_r[sl], per_proc,
+                                       row_length=self.pack_row_length,
+                                       share_prefix=self.packing_mode == "shared_prefix")
+    num_rows = packing.round_up(max(len(r) for r in rows.values()), self.pack_rows_multiple)
+    out = {k: [] for k in packing.PACKED_KEYS + ("target_pair_weight",)}
+    for m in range(self.accum):
+      arrays = packing.to_arrays(rows[m, self.process_index], 4 * per_proc, num_rows=num_rows,
+                                 row_length=self.pack_row_length, slots=4 * per_proc, pad_id=self.pad_id)
+      for k, v in arrays.items():
+        out[f"packed_{k}"].append(v)
+      start = m * self.micro + self.process_index * per_proc
+      out["target_pair_weight"].append(t_w[start:start + per_proc])
     return {k: np.stack(v) for k, v in out.items()}

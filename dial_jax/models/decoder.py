@@ -132,8 +132,8 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, masks, query_index=None):
-    """One block. With ``query_index`` [B] only that position of each row is computed (its keys and values
-    still come from every position), and the output is [B, 1, D]."""
+    """One block. With ``query_index`` [B, Q] only those positions of each row are computed (their keys and
+    values still come from every position), and the output is [B, Q, D]."""
     cfg = self.config
     norm = dict(dim=cfg.hidden_size, eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype,
                 param_dtype=self.param_dtype)
@@ -142,9 +142,9 @@ class DecoderLayer(nn.Module):
     kv = None
     if query_index is not None:
       kv = (h, positions)
-      x, h = (jnp.take_along_axis(a, query_index[:, None, None], axis=1) for a in (x, h))
-      positions = jnp.take_along_axis(positions, query_index[:, None], axis=1)
-      mask = jnp.take_along_axis(mask, query_index[:, None, None, None], axis=2)
+      x, h = (jnp.take_along_axis(a, query_index[:, :, None], axis=1) for a in (x, h))
+      positions = jnp.take_along_axis(positions, query_index, axis=1)
+      mask = jnp.take_along_axis(mask, query_index[:, None, :, None], axis=2)
     h = Attention(cfg, self.layer_type, self.lora, self.dtype, self.param_dtype, name="self_attn")(
         h, positions, mask, kv)
     if cfg.sandwich_norm:
@@ -164,7 +164,8 @@ class Decoder(nn.Module):
   """Token ids -> final (normed) hidden states [B, T, D].
 
   Positions are ``cumsum(attention_mask) - 1``, so left- and right-padded copies of a text get the same
-  hidden states at their real tokens.
+  hidden states at their real tokens. Packed rows (``dial_jax.data.packing``) pass ``packed=(segment_ids,
+  positions, branch_ids)`` instead of an attention mask.
   """
 
   config: DecoderConfig
@@ -193,21 +194,29 @@ class Decoder(nn.Module):
       self.lm_head = layers.Projection((cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",),
                                        dtype=self.dtype, param_dtype=self.param_dtype)
 
-  def __call__(self, input_ids, attention_mask, *, return_all_hidden: bool = False, last_token_only: bool = False):
+  def __call__(self, input_ids, attention_mask=None, *, packed=None, return_all_hidden: bool = False,
+               last_token_only: bool = False, query_index=None):
     """``last_token_only``: the final layer computes only each row's last real token (exact for last-token
-    pooling; the output is then [B, 1, D])."""
+    pooling; the output is then [B, 1, D]); ``query_index`` [B, Q]: only those positions (output [B, Q, D])."""
     cfg = self.config
     x = self.embed_tokens(input_ids)
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.hidden_size ** 0.5, dtype=x.dtype)
-    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
     types = {cfg.layer_type(i) for i in range(cfg.num_layers)}
-    masks = {t: layers.attention_mask(attention_mask, cfg.sliding_window if t == SLIDING else None) for t in types}
+    window = lambda t: cfg.sliding_window if t == SLIDING else None
+    if packed is not None:
+      segment_ids, positions, branch_ids = packed
+      masks = {t: layers.packed_attention_mask(segment_ids, positions, branch_ids, window(t)) for t in types}
+    else:
+      positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+      masks = {t: layers.attention_mask(attention_mask, window(t)) for t in types}
+      if last_token_only:
+        t = attention_mask.shape[-1]
+        query_index = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t)[None, :], 0), axis=-1)[:, None]
     all_hidden = [x]
-    last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(attention_mask.shape[-1])[None, :], 0), axis=-1)
     for i, layer in enumerate(self.layers):
       final = i == len(self.layers) - 1
-      x = layer(x, positions, masks, last if (final and last_token_only) else None)
+      x = layer(x, positions, masks, query_index if final else None)
       all_hidden.append(x)
     x = self.norm(x)
     if self.is_initializing() and not cfg.tie_word_embeddings:

@@ -140,6 +140,21 @@ def attention_mask(attention_mask, sliding_window: int | None = None):
   return allowed[None, None] & attention_mask.astype(bool)[:, None, None, :]
 
 
+def packed_attention_mask(segment_ids, positions, branch_ids, sliding_window: int | None = None):
+  """Boolean [R, 1, T, T] mask of packed rows (``dial_jax.data.packing``): a query sees keys of its own sequence
+  (same segment; a continuation also the shared prefix, branch 0) at positions up to its own, within the last
+  ``sliding_window`` positions when given. Padding queries see only themselves (no empty softmax rows)."""
+  seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
+  pos_q, pos_k = positions[:, :, None], positions[:, None, :]
+  br_q, br_k = branch_ids[:, :, None], branch_ids[:, None, :]
+  allowed = (seg_q == seg_k) & (seg_k > 0) & (pos_k <= pos_q) & ((br_k == 0) | (br_k == br_q))
+  if sliding_window is not None:
+    allowed = allowed & (pos_q - pos_k < sliding_window)
+  t = segment_ids.shape[-1]
+  allowed = allowed | ((seg_q == 0) & jnp.eye(t, dtype=bool)[None])
+  return allowed[:, None]
+
+
 def dot_product_attention(q, k, v, mask, scale: float, softcap: float | None = None):
   """Grouped-query attention. q: [B, T, N, H], k/v: [B, S, K, H], mask: [B, 1, T, S] bool.
 

@@ -62,6 +62,19 @@ class RewardModel(nn.Module):
       out["hidden"] = hidden
     return out
 
+  def packed(self, input_ids, segment_ids, positions, branch_ids, last_positions):
+    """Rewards [R * S] and embeddings [R * S, D] of packed rows (``dial_jax.data.packing``): the sequence ending
+    at ``last_positions[r, s]`` is entry ``r * S + s``. Last-token pooling only."""
+    if self.pooling != "last":
+      raise ValueError("packed sequences support pooling='last' only")
+    packed = (segment_ids, positions, branch_ids)
+    if self.last_token_only:
+      hidden = self.backbone(input_ids, packed=packed, query_index=last_positions)
+    else:
+      hidden = jnp.take_along_axis(self.backbone(input_ids, packed=packed), last_positions[:, :, None], axis=1)
+    embeddings = hidden.reshape(-1, hidden.shape[-1]).astype(jnp.float32)
+    return {"rewards": self.score(embeddings)[:, 0], "embeddings": embeddings}
+
   def hidden_states(self, input_ids, attention_mask):
     """(final normed hidden, [embeddings, layer 1 out, ..., layer L out]) for parity checks."""
     return self.backbone(input_ids, attention_mask, return_all_hidden=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -107,6 +108,14 @@ def _write_json_atomic(path: Path, obj) -> None:
   os.replace(tmp, path)
 
 
+def packing_options(config: ml_collections.ConfigDict, mesh) -> dict:
+  """``PairedBatches`` packing arguments; the packed row count is also kept a multiple of the rows each process's
+  devices split (data x fsdp), so packed rows are always sharded, never silently replicated."""
+  row_shards = max(mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count(), 1)
+  return dict(packing_mode=config.data.get("packing", "none"), pack_row_length=config.data.get("pack_row_length", 0),
+              pack_rows_multiple=math.lcm(config.data.get("pack_rows_multiple", 1), row_shards))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train per ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the results."""
   step_lib.validate(config)
@@ -127,7 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batches = pipeline.PairedBatches(
       source, target, batch_size=config.train.batch_size, grad_accum_steps=config.train.grad_accum_steps,
       buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket), pad_id=pad_id,
-      seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count())
+      seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+      **packing_options(config, mesh))
 
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   critic = state_lib.make_critic(config)

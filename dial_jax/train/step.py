@@ -36,6 +36,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
   if config.train.grad_accum_steps < 1:
     raise ValueError("train.grad_accum_steps must be >= 1")
+  packing = config.data.get("packing", "none")
+  if packing != "none" and (d.aux != "none" or config.model.pooling != "last"):
+    raise ValueError(f"data.packing={packing!r} needs model.pooling='last' and dial.aux='none' (an auxiliary LM loss "
+                     "reads every token's hidden state); use data.packing='none'")
 
 
 def domain_weight(config: ml_collections.ConfigDict, step) -> jax.Array:
@@ -65,18 +69,36 @@ def _weighted_accuracy(r_chosen, r_rejected, weight):
   return jnp.sum(hit * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
+def packed_forward(model, variables, batch):
+  """(rewards [4B], embeddings [4B, D]) of a packed micro-batch, in the padded step's order: source chosen, source
+  rejected, target chosen, target rejected, each in global pair order. Each process packed its own pairs into its
+  own rows, so its ``sequence_slots`` index its rows and are shifted to the global row numbers here."""
+  out = model.apply(variables, batch["packed_ids"], batch["packed_segment_ids"], batch["packed_positions"],
+                    batch["packed_branch_ids"], batch["packed_last_positions"], method=model.packed)
+  rows, slots = batch["packed_last_positions"].shape
+  procs = jax.process_count()
+  local = batch["packed_sequence_slots"].reshape(procs, 4, -1)  # [process, part, pair]
+  offset = (jnp.arange(procs) * (rows // procs) * slots)[:, None, None]
+  order = (local + offset).transpose(1, 0, 2).reshape(-1)
+  return out["rewards"][order], out["embeddings"][order]
+
+
 def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rng, lam, *, model, critic, critic_tx,
                      config):
   """Loss of one micro-batch and, as aux, (metrics, updated critic, updated critic optimizer state)."""
   d = config.dial
-  parts = ("source_chosen", "source_rejected", "target_chosen", "target_rejected")
-  ids = jnp.concatenate([batch[f"{p}_ids"] for p in parts])
-  mask = jnp.concatenate([batch[f"{p}_mask"] for p in parts])
-  b_s, b_t = batch["source_chosen_ids"].shape[0], batch["target_chosen_ids"].shape[0]
-  n_src, n_tgt = 2 * b_s, 2 * b_t
   variables = merge(trainable, frozen)
-  out = model.apply(variables, ids, mask, return_hidden=d.aux != "none")
-  r, h = out["rewards"], out["embeddings"]
+  if "packed_ids" in batch:
+    r, h = packed_forward(model, variables, batch)
+    b_s = b_t = batch["target_pair_weight"].shape[0]
+  else:
+    parts = ("source_chosen", "source_rejected", "target_chosen", "target_rejected")
+    ids = jnp.concatenate([batch[f"{p}_ids"] for p in parts])
+    mask = jnp.concatenate([batch[f"{p}_mask"] for p in parts])
+    b_s, b_t = batch["source_chosen_ids"].shape[0], batch["target_chosen_ids"].shape[0]
+    out = model.apply(variables, ids, mask, return_hidden=d.aux != "none")
+    r, h = out["rewards"], out["embeddings"]
+  n_src, n_tgt = 2 * b_s, 2 * b_t
   h_s, h_t = h[:n_src], h[n_src:]
   source_loss = losses.bradley_terry_loss(r[:b_s], r[b_s:n_src])
   r_tc, r_tr = r[n_src:n_src + b_t], r[n_src + b_t:]
