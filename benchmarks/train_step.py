@@ -5,7 +5,8 @@ r"""DIAL train-step throughput: dial_jax vs a PyTorch reference of the same step
   python benchmarks/train_step.py --model=random:gemma-3-270m --sweep_model= --dtype=bfloat16 --pairs=8   # GPU
 
 Implementations (``--impls``): ``dial_jax`` (``dial_jax.train.step.make_train_step``, built as the training loop
-builds it), ``dial_jax_packed`` (the same step on packed sequences, ``benchmarks/packed_step.py``: a prototype) and
+builds it, ``data.packing=none``: the step padded to its length bucket), ``dial_jax_packed`` (``data.packing=
+sequences``), ``dial_jax_shared`` (``data.packing=shared_prefix``: packed, each pair's prompt computed once) and
 ``torch`` (``benchmarks/torch_reference.py``, the step written the way the authors' code does it).
 
 What runs, in order (details in benchmarks/README.md):
@@ -68,16 +69,19 @@ flags.DEFINE_list("sweep_lengths", ["128", "256", "512", "1024"], "Length sweep 
                   flag_values=FLAGS)
 flags.DEFINE_list("sweep_pairs", ["1", "4"], "Batch sweep (at --seq_len): pairs per domain.", flag_values=FLAGS)
 flags.DEFINE_integer("sweep_steps", 2, "Timed steps per sweep point.", flag_values=FLAGS)
-flags.DEFINE_integer("pack_row_multiple", 1, "dial_jax_packed: the packed row count is rounded up to a multiple of "
-                     "this (fewer distinct shapes, fewer compiles).", flag_values=FLAGS)
+flags.DEFINE_integer("pack_row_multiple", 1, "Packed implementations: data.pack_rows_multiple (the row count is "
+                     "rounded up to a multiple of this: fewer distinct shapes, fewer compiles).", flag_values=FLAGS)
+flags.DEFINE_integer("pack_row_length", 0, "Packed implementations: data.pack_row_length (0 = max_length).",
+                     flag_values=FLAGS)
 flags.DEFINE_integer("min_bucket", 64, "dial_jax data.min_bucket: padded lengths are powers of two from here.",
                      flag_values=FLAGS)
 flags.DEFINE_integer("lora_rank", 64, "LoRA rank (0 = full fine-tuning); alpha = --lora_alpha.", flag_values=FLAGS)
 flags.DEFINE_float("lora_alpha", 64.0, "LoRA alpha.", flag_values=FLAGS)
 flags.DEFINE_string("remat_policy", "none", "dial_jax model.remat_policy.", flag_values=FLAGS)
-flags.DEFINE_string("glibc_tunables", "", "GLIBC_TUNABLES for every timed worker (all implementations), e.g. "
-                    "glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=68719476736 (huge pages, freed memory kept).",
-                    flag_values=FLAGS)
+flags.DEFINE_string("glibc_tunables", "glibc.malloc.hugetlb=1", "GLIBC_TUNABLES for every timed worker (all "
+                    "implementations alike; '' = the environment's). The default makes glibc malloc ask for "
+                    "transparent huge pages: XLA:CPU allocates a step's temporaries afresh every step, and with 4 KiB "
+                    "pages it spends much of the step in page faults.", flag_values=FLAGS)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the timed steps (numerics: float32).",
                   flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Batch sampling seed (train.seed).", flag_values=FLAGS)
@@ -89,11 +93,11 @@ flags.DEFINE_bool("skip_headline", False, "Time the sweep points only (e.g. to c
                   flag_values=FLAGS)
 flags.DEFINE_bool("strict_numerics", True, "Stop before timing when the numerics disagree (else record and go on).",
                   flag_values=FLAGS)
-flags.DEFINE_list("impls", ["dial_jax", "dial_jax_packed", "torch"],
-                  "Implementations to time: dial_jax (its train step as is), dial_jax_packed (the same step on packed "
-                  "sequences, benchmarks/packed_step.py, a prototype), torch (the reference).", flag_values=FLAGS)
-flags.DEFINE_list("sweep_impls", None, "Implementations timed at the sweep points (default: --impls).",
-                  flag_values=FLAGS)
+flags.DEFINE_list("impls", ["dial_jax", "dial_jax_packed", "dial_jax_shared", "torch"],
+                  "Implementations to time: dial_jax (data.packing=none), dial_jax_packed (data.packing=sequences), "
+                  "dial_jax_shared (data.packing=shared_prefix), torch (the reference).", flag_values=FLAGS)
+flags.DEFINE_list("sweep_impls", ["dial_jax", "dial_jax_shared", "torch"],
+                  "Implementations timed at the sweep points ('' = --impls).", flag_values=FLAGS)
 flags.DEFINE_string("from_json", None, "Only print the table and redraw the plot of an existing result JSON.",
                     flag_values=FLAGS)
 flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/train_step_<device>[_quick].json).",
@@ -106,6 +110,7 @@ flags.DEFINE_string("worker", None, "Internal: run one timing job described by t
 QUICK_DEFAULTS = {"model": "quick", "sweep_model": "", "seq_len": 64, "pairs": 2, "steps": 2, "sweep_lengths": [],
                   "sweep_pairs": [], "min_bucket": 16, "lora_rank": 8, "lora_alpha": 16.0}
 PARTS = ("source_chosen", "source_rejected", "target_chosen", "target_rejected")
+PACKING = {"dial_jax": "none", "dial_jax_packed": "sequences", "dial_jax_shared": "shared_prefix"}  # data.packing
 GEMMA3_270M = dict(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
                    num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
                    query_pre_attn_scalar=256, hidden_activation="gelu_pytorch_tanh", pad_token_id=0, bos_token_id=2,
@@ -254,8 +259,10 @@ def hf_config(model_dir: Path) -> dict:
   return cfg.get("text_config", cfg)
 
 
-def model_flops(cfg: dict, lengths, *, lora_rank: int, lora_targets, trainable: str = "lora") -> dict:
-  """Model FLOPs of one DIAL step over sequences of the given (useful, non-pad) lengths.
+def model_flops(cfg: dict, lengths, *, lora_rank: int, lora_targets, trainable: str = "lora", groups=()) -> dict:
+  """Model FLOPs of one DIAL step over sequences of the given (useful, non-pad) lengths, plus prefix-shared
+  ``groups`` (chosen length, rejected length, shared prefix length k): ``lc + lr - k`` tokens, and the attention of
+  both texts with the prefix's counted once.
 
   Matmuls: forward ``2 * P * tokens`` (P = decoder matmul weights; the embedding is a lookup and not counted);
   backward ``2 * P * tokens`` for the input gradients through frozen weights (LoRA) or ``4 * P * tokens`` with
@@ -272,7 +279,8 @@ def model_flops(cfg: dict, lengths, *, lora_rank: int, lora_targets, trainable: 
           "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
   types = cfg.get("layer_types") or ["full_attention"] * n_layers
   window = cfg.get("sliding_window")
-  tokens, seqs = int(sum(lengths)), len(lengths)
+  tokens = int(sum(lengths)) + sum(lc + lr - k for lc, lr, k in groups)
+  seqs = len(lengths) + 2 * len(groups)
   bwd_dense = 1 if trainable == "lora" else 2  # input gradients only, or input + weight gradients
 
   def attn_pairs(length, w, last_only):
@@ -291,7 +299,12 @@ def model_flops(cfg: dict, lengths, *, lora_rank: int, lora_targets, trainable: 
       lora = lora_rank * (n_in + n_out) if lora_rank and name in lora_targets else 0
       fwd += 2 * (n_in * n_out + lora) * n
       bwd += 2 * (bwd_dense * n_in * n_out + 2 * lora) * n
-    a = 4 * heads * hd * sum(attn_pairs(int(l), w, last) for l in lengths)
+    pairs = sum(attn_pairs(int(l), w, last) for l in lengths)
+    if last:
+      pairs += sum(attn_pairs(lc, w, True) + attn_pairs(lr, w, True) for lc, lr, _ in groups)
+    else:
+      pairs += sum(attn_pairs(lc, w, False) + attn_pairs(lr, w, False) - attn_pairs(k, w, False) for lc, lr, k in groups)
+    a = 4 * heads * hd * pairs
     fwd, bwd, attn = fwd + a, bwd + 2 * a, attn + 3 * a
   return {"total": fwd + bwd, "forward": fwd, "backward": bwd, "attention": attn, "tokens": tokens}
 
@@ -319,15 +332,41 @@ def real_domains(tokenizer, max_length: int):
   return tuple(out)
 
 
-def make_batches(domains, *, pairs: int, max_length: int, n: int, pad_id: int, seed: int) -> list[dict]:
-  """``n`` steps of dial_jax train batches (``PairedBatches``, length-bucketed), the pipeline training uses."""
+def make_batches(domains, *, pairs: int, max_length: int, n: int, pad_id: int, seed: int,
+                 packing_mode: str = "none") -> list[dict]:
+  """``n`` steps of dial_jax train batches from ``PairedBatches``, the pipeline training uses: length-bucketed, or
+  packed per ``packing_mode`` (the same pairs either way)."""
   from dial_jax.data import batching, pipeline
 
   source, target = domains
   pb = pipeline.PairedBatches(source, target, batch_size=pairs, grad_accum_steps=1,
                               buckets=batching.bucket_lengths(max_length, min(FLAGS.min_bucket, max_length)),
-                              pad_id=pad_id, seed=seed)
+                              pad_id=pad_id, seed=seed, packing_mode=packing_mode,
+                              pack_row_length=FLAGS.pack_row_length, pack_rows_multiple=FLAGS.pack_row_multiple)
   return [pb.batch(step) for step in range(n)]
+
+
+def sequences_of(batch: dict) -> list[list[int]]:
+  """The step's token lists (padded batch), in the step's order."""
+  return [batch[f"{p}_ids"][0, i, :int(m)].tolist() for p in PARTS
+          for i, m in enumerate(batch[f"{p}_mask"][0].sum(-1))]
+
+
+def computed_structure(batch: dict, packing_mode: str, row_length: int) -> tuple[list[int], list[tuple]]:
+  """(plain sequence lengths, prefix-shared groups (lc, lr, k)) that an implementation computes for ``batch``."""
+  from dial_jax.data import packing
+
+  seqs = sequences_of(batch)
+  if packing_mode != "shared_prefix":
+    return [len(s) for s in seqs], []
+  items = packing.make_items(seqs, packing.pair_indices(len(seqs) // 4), row_length, True)
+  plain = [len(it.tokens) for it in items if len(it.ends) == 1]
+  groups = []
+  for it in items:
+    if len(it.ends) == 2:
+      k = it.branches.count(0)
+      groups.append((k + it.branches.count(1), k + it.branches.count(2), k))
+  return plain, groups
 
 
 def batch_stats(batch: dict) -> dict:
@@ -337,11 +376,6 @@ def batch_stats(batch: dict) -> dict:
   per_part = [int(batch[f"{p}_mask"].sum(-1).max()) for p in PARTS]
   return {"lengths": lengths, "useful_tokens": sum(lengths), "padded_length": padded,
           "slots": {"dial_jax": 4 * rows * padded, "torch": rows * sum(per_part)}}
-
-
-def packed_slots(batch: dict, row_length: int, pad_id: int, row_multiple: int) -> int:
-  import packed_step
-  return packed_step.pack(batch, row_length, pad_id, row_multiple)["ids"].size
 
 
 def save_batches(batches: list[dict], path: Path) -> None:
@@ -361,10 +395,13 @@ def load_batches(path: Path) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------- dial_jax side
 
-def dial_config(model_dir: Path, max_length: int, pairs: int, dtype: str):
+def dial_config(model_dir: Path, max_length: int, pairs: int, dtype: str, packing_mode: str = "none"):
   from configs import base
 
   c = base.get_base_config()
+  c.data.packing = packing_mode
+  c.data.pack_rows_multiple = FLAGS.pack_row_multiple
+  c.data.pack_row_length = FLAGS.pack_row_length
   c.model.name = str(model_dir)
   c.model.dtype = dtype
   c.model.remat_policy = FLAGS.remat_policy
@@ -380,9 +417,9 @@ def dial_config(model_dir: Path, max_length: int, pairs: int, dtype: str):
   return c
 
 
-def build_dial_jax(config, *, donate: bool = True, packed: bool = False) -> dict:
-  """Model, state, jitted step and batch shardings, built exactly as ``dial_jax.train.loop`` builds them
-  (``packed``: the step of ``benchmarks/packed_step.py`` instead of ``dial_jax.train.step``'s)."""
+def build_dial_jax(config, example_batch: dict, *, donate: bool = True) -> dict:
+  """Model, state, jitted step and batch shardings (for batches shaped like ``example_batch``), built as
+  ``dial_jax.train.loop`` builds them."""
   from dial_jax import parallel
   from dial_jax.train import loop, state as state_lib, step as step_lib
 
@@ -394,15 +431,9 @@ def build_dial_jax(config, *, donate: bool = True, packed: bool = False) -> dict
   state, state_shardings = state_lib.create_train_state(
       variables, config, model.config.num_layers, model.config.hidden_size, tx, critic_tx, shardings, mesh)
   del variables
-  shape = (1, config.train.batch_size, config.data.max_length)
-  keys = [f"{p}_{k}" for p in PARTS for k in ("ids", "mask")]
-  batch_shardings = parallel.batch_shardings({**{k: shape for k in keys}, "target_pair_weight": shape[:2]}, mesh)
-  if packed:
-    import packed_step
-    step = packed_step.make_packed_train_step(model, critic, tx, critic_tx, config, donate=donate)
-  else:
-    step = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=state_shardings,
-                                    batch_sharding=batch_shardings, donate=donate)
+  batch_shardings = parallel.batch_shardings({k: v.shape for k, v in example_batch.items()}, mesh)
+  step = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=state_shardings,
+                                  batch_sharding=batch_shardings, donate=donate)
   return {"model": model, "state": state, "step": step, "batch_shardings": batch_shardings, "tokenizer": tokenizer}
 
 
@@ -424,23 +455,27 @@ def torch_hparams(config) -> dict:
               lambda_=d.lambda_, gamma=d.gamma, critic_iter=d.critic_iter)
 
 
-def check_numerics(model_dir: Path, batch: dict, max_length: int, pairs: int, gpu: bool) -> dict:
-  """One float32 step of each implementation from identical weights on ``batch``; the three figures compared."""
+def check_numerics(model_dir: Path, batches: dict[str, dict], max_length: int, pairs: int, gpu: bool) -> dict:
+  """One float32 step of each implementation from identical weights on the same pairs (``batches``: each dial_jax
+  implementation's batch, ``dial_jax``'s padded one first, which the reference also takes); the three figures of
+  every dial_jax implementation compared with the reference's."""
   import jax
-  import numpy as np
   import torch
 
   import torch_reference as tr
   from dial_jax import parallel
 
   jax.config.update("jax_default_matmul_precision", "highest")
-  config = dial_config(model_dir, max_length, pairs, "float32")
-  built = build_dial_jax(config, donate=False)
-  model, state = built["model"], built["state"]
-  trainable, critic_vars, rng = jax.device_get((state.trainable, state.critic, state.rng))
-  _, metrics = built["step"](state, parallel.global_batch(batch, built["batch_shardings"]))
-  jax_m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  del state, built
+  batch = batches["dial_jax"]
+  jax_ms = {}
+  for impl, impl_batch in batches.items():
+    config = dial_config(model_dir, max_length, pairs, "float32", PACKING[impl])
+    built = build_dial_jax(config, impl_batch, donate=False)
+    model, state = built["model"], built["state"]
+    trainable, critic_vars, rng = jax.device_get((state.trainable, state.critic, state.rng))
+    _, metrics = built["step"](state, parallel.global_batch(impl_batch, built["batch_shardings"]))
+    jax_ms[impl] = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    del state, built
 
   device = "cuda" if gpu else "cpu"
   lora = trainable.get("lora") if config.train.trainable == "lora" else None
@@ -459,16 +494,19 @@ def check_numerics(model_dir: Path, batch: dict, max_length: int, pairs: int, gp
   torch_m = ref.step(parts, alphas=alphas)
   del tmodel, tcritic, ref
 
-  out = {"dtype": "float32", "rtol": FLAGS.rtol, "atol": FLAGS.atol, "values": {}, "ok": True}
-  for key in ("source_loss", "wasserstein", "grad_norm", "loss", "critic_loss", "gradient_penalty"):
-    a, b = jax_m[key], torch_m[key]
-    diff = abs(a - b)
-    within = diff <= FLAGS.atol + FLAGS.rtol * abs(b)
-    checked = key in ("source_loss", "wasserstein", "grad_norm")
-    out["values"][key] = {"dial_jax": a, "torch": b, "abs_diff": diff, "rel_diff": diff / max(abs(b), 1e-30),
-                          "checked": checked, "within_tolerance": bool(within)}
-    if checked and not within:
-      out["ok"] = False
+  out = {"dtype": "float32", "rtol": FLAGS.rtol, "atol": FLAGS.atol, "impls": {}, "ok": True}
+  for impl, jax_m in jax_ms.items():
+    values = out["impls"][impl] = {}
+    for key in ("source_loss", "wasserstein", "grad_norm", "loss", "critic_loss", "gradient_penalty"):
+      a, b = jax_m[key], torch_m[key]
+      diff = abs(a - b)
+      within = diff <= FLAGS.atol + FLAGS.rtol * abs(b)
+      checked = key in ("source_loss", "wasserstein", "grad_norm")
+      values[key] = {"dial_jax": a, "torch": b, "abs_diff": diff, "rel_diff": diff / max(abs(b), 1e-30),
+                     "checked": checked, "within_tolerance": bool(within)}
+      if checked and not within:
+        out["ok"] = False
+  out["values"] = out["impls"]["dial_jax"]
   out["batch"] = {k: v for k, v in batch_stats(batch).items() if k != "lengths"}
   return out
 
@@ -504,28 +542,22 @@ def timed_steps(run_step, batches, sync) -> list[dict]:
 
 
 def worker_dial_jax(spec: dict) -> dict:
-  """dial_jax's jitted step (``impl=dial_jax``) or the packed prototype (``impl=dial_jax_packed``)."""
+  """dial_jax's jitted step, with the data.packing of ``spec["impl"]``."""
   import jax
 
   from dial_jax import parallel
 
   if spec["dtype"] == "float32":
     jax.config.update("jax_default_matmul_precision", "highest")  # true float32 on GPUs too (no TF32), like torch
-  packed = spec["impl"] == "dial_jax_packed"
-  batches = load_batches(Path(spec["batches"]))
-  config = dial_config(Path(spec["model_dir"]), spec["max_length"], spec["pairs"], spec["dtype"])
+  packed = PACKING[spec["impl"]] != "none"
+  batches = load_batches(Path(spec["batches"][spec["impl"]]))  # PairedBatches' output: padded or packed host-side
+  config = dial_config(Path(spec["model_dir"]), spec["max_length"], spec["pairs"], spec["dtype"], PACKING[spec["impl"]])
   start = time.perf_counter()
-  built = build_dial_jax(config, packed=packed)
+  built = build_dial_jax(config, batches[0])
   jax.block_until_ready(built["state"])
   setup_s, setup_rss = time.perf_counter() - start, rss_mib()
-  if packed:  # host-side input pipeline work, like PairedBatches' padding: done before timing
-    import packed_step
-    batches = [packed_step.pack(b, spec["max_length"], spec["pad_id"], spec["pack_row_multiple"]) for b in batches]
-    shape_of = lambda b: b["ids"].shape[0]
-    put = jax.device_put
-  else:
-    shape_of = lambda b: b["source_chosen_ids"].shape[-1]
-    put = lambda b: parallel.global_batch(b, built["batch_shardings"])
+  shape_of = (lambda b: b["packed_ids"].shape[1]) if packed else (lambda b: b["source_chosen_ids"].shape[-1])
+  put = lambda b: parallel.global_batch(b, built["batch_shardings"])
   warm, timed = batches[:spec["warmup"]], batches[spec["warmup"]:]
   holder = {"state": built.pop("state")}
   step = built["step"]
@@ -571,7 +603,7 @@ def worker_torch(spec: dict) -> dict:
   device = "cuda" if gpu else "cpu"
   if not gpu:
     torch.set_num_threads(usable_cpus())
-  batches = load_batches(Path(spec["batches"]))
+  batches = load_batches(Path(spec["batches"]["torch"]))
   warm, timed = batches[:spec["warmup"]], batches[spec["warmup"]:]
   start = time.perf_counter()
   h = spec["hparams"]
@@ -663,20 +695,35 @@ def run_point(tag: str, model_dir: Path, max_length: int, pairs: int, steps: int
   import numpy as np
 
   warmup = 1
-  batches = make_batches(domains, pairs=pairs, max_length=max_length, n=warmup + steps, pad_id=pad_id, seed=FLAGS.seed)
-  batches_path = workdir / f"batches_{tag}.npz"
-  save_batches(batches, batches_path)
-  stats = [batch_stats(b) for b in batches]
-  for st, b in zip(stats, batches):
-    st["slots"]["dial_jax_packed"] = packed_slots(b, max_length, pad_id, FLAGS.pack_row_multiple)
-  timed_stats = stats[warmup:]
+  batch_files, slots, flops, computed = {}, {}, {}, {}
   cfg = hf_config(model_dir)
   config = dial_config(model_dir, max_length, pairs, FLAGS.dtype)
   targets = tuple(config.lora.targets) if FLAGS.lora_rank > 0 else ()
-  flops = [model_flops(cfg, s["lengths"], lora_rank=max(FLAGS.lora_rank, 0), lora_targets=targets,
-                       trainable=config.train.trainable)["total"] for s in timed_stats]
+  for impl, mode in PACKING.items():  # every dial_jax layout of the same pairs (cheap), so the stats cover all
+    batches = make_batches(domains, pairs=pairs, max_length=max_length, n=warmup + steps, pad_id=pad_id,
+                           seed=FLAGS.seed, packing_mode=mode)
+    batch_files[impl] = str(workdir / f"batches_{tag}_{impl}.npz")
+    save_batches(batches, Path(batch_files[impl]))
+    if mode == "none":
+      padded = batches
+      stats = [batch_stats(b) for b in padded]
+      slots["dial_jax"] = [s["slots"]["dial_jax"] for s in stats[warmup:]]
+      slots["torch"] = [s["slots"]["torch"] for s in stats[warmup:]]
+    else:
+      slots[impl] = [int(b["packed_ids"].size) for b in batches[warmup:]]
+  batch_files["torch"] = batch_files["dial_jax"]
+  timed_stats = stats[warmup:]
+  for impl in (*PACKING, "torch"):
+    counted = []
+    for b in padded[warmup:]:
+      plain, groups = computed_structure(b, PACKING.get(impl, "none"), FLAGS.pack_row_length or max_length)
+      counted.append(model_flops(cfg, plain, groups=groups, lora_rank=max(FLAGS.lora_rank, 0), lora_targets=targets,
+                                 trainable=config.train.trainable))
+    flops[impl] = [c["total"] for c in counted]
+    computed[impl] = [c["tokens"] for c in counted]
+  useful = sum(s["useful_tokens"] for s in timed_stats)
   spec = {"tag": tag, "model_dir": str(model_dir), "max_length": max_length, "pairs": pairs, "dtype": FLAGS.dtype,
-          "batches": str(batches_path), "warmup": warmup, "gpu": gpu, "pad_id": pad_id,
+          "batches": batch_files, "warmup": warmup, "gpu": gpu, "pad_id": pad_id,
           "pack_row_multiple": FLAGS.pack_row_multiple,
           "hparams": {"lora_rank": max(FLAGS.lora_rank, 0), "lora_alpha": FLAGS.lora_alpha, "lora_targets": targets,
                       "hidden_size": cfg["hidden_size"], "critic_widths": list(config.dial.critic_widths),
@@ -686,13 +733,14 @@ def run_point(tag: str, model_dir: Path, max_length: int, pairs: int, steps: int
            "useful_tokens_per_step": [s["useful_tokens"] for s in timed_stats],
            "mean_useful_length": float(np.mean([l for s in timed_stats for l in s["lengths"]])),
            "dial_jax_padded_lengths": [s["padded_length"] for s in timed_stats],
-           "useful_fraction": {impl: sum(s["useful_tokens"] for s in timed_stats) / sum(s["slots"][impl]
-                                                                                       for s in timed_stats)
-                               for impl in ("dial_jax", "dial_jax_packed", "torch")},
+           "computed_tokens_per_step": computed,
+           "slots_per_step": slots,
+           "useful_fraction": {impl: sum(computed[impl]) / sum(slots[impl]) for impl in slots},
+           "slots_per_useful_token": {impl: sum(slots[impl]) / useful for impl in slots},
            "model_flops_per_step": flops, "impls": {}}
   for impl in impls:
     result = spawn_worker({**spec, "impl": impl}, workdir)
-    point["impls"][impl] = {**summarize(result, timed_stats, flops, peak["peak_gflops"]), "raw": result}
+    point["impls"][impl] = {**summarize(result, timed_stats, flops[impl], peak["peak_gflops"]), "raw": result}
     s = point["impls"][impl]
     logging.info("%s %s: %.1f useful tokens/s, MFU %.1f%%, step %.2f s, peak memory %.0f MiB", tag, impl,
                  s["tokens_per_s"], 100 * s["mfu"], s["median_step_s"], s["peak_memory_mib"])
@@ -711,9 +759,16 @@ def _num(x: float) -> str:
   return f"{x:,.0f}" if x >= 1000 else f"{x:.1f}"
 
 
+def slots_per_useful(point: dict, impl: str) -> str:
+  if "slots_per_useful_token" in point:
+    return f"{point['slots_per_useful_token'].get(impl, float('nan')):.2f}"
+  return f"{1 / point['useful_fraction'].get(impl, 1.0):.2f}"  # older files: 1 / useful fraction, the same figure
+
+
 def table(points: list[dict]) -> str:
   rows = ["| model | max len | pairs/domain | implementation | useful tok/s | MFU (vs own matmul) | step s (median) | "
-          "useful tok / CPU s | useful fraction | peak memory MiB | compile s (torch: first step) | tok/s vs torch |",
+          "useful tok / CPU s | computed slots / useful token | peak memory MiB | compile s (torch: first step) | "
+          "tok/s vs torch |",
           "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for p in points:
     for impl, s in p["impls"].items():
@@ -723,7 +778,7 @@ def table(points: list[dict]) -> str:
       mfu = f"{100 * s['mfu']:.1f}%" + (f" ({100 * s['mfu_vs_own_matmul']:.0f}%)" if s.get("mfu_vs_own_matmul") else "")
       rows.append(f"| {p['model']} | {p['max_length']} | {p['pairs_per_domain']} | {impl} | {_num(s['tokens_per_s'])} | "
                   f"{mfu} | {s['median_step_s']:.3g} | {_num(s['tokens_per_cpu_s'])} | "
-                  f"{p['useful_fraction'].get(impl, 1.0):.2f} | {s['peak_memory_mib']:.0f} | {first:.1f} | {ratio} |")
+                  f"{slots_per_useful(p, impl)} | {s['peak_memory_mib']:.0f} | {first:.1f} | {ratio} |")
   return "\n".join(rows)
 
 
@@ -780,7 +835,8 @@ def run_benchmark(workdir: Path, save) -> dict:
                  "sweep_pairs": [int(x) for x in FLAGS.sweep_pairs], "sweep_steps": FLAGS.sweep_steps,
                  "dtype": FLAGS.dtype, "lora_rank": FLAGS.lora_rank, "lora_alpha": FLAGS.lora_alpha,
                  "min_bucket": FLAGS.min_bucket, "remat_policy": FLAGS.remat_policy, "seed": FLAGS.seed,
-                 "pack_row_multiple": FLAGS.pack_row_multiple, "glibc_tunables": FLAGS.glibc_tunables,
+                 "pack_row_multiple": FLAGS.pack_row_multiple,
+                 "pack_row_length": FLAGS.pack_row_length, "glibc_tunables": FLAGS.glibc_tunables,
                  "impls": list(FLAGS.impls), "quick": FLAGS.quick,
                  "data": {"source": "hh-rlhf-harmless/test.jsonl.gz (dialogues)",
                           "target": "summarize-from-feedback/batch13.json + batch18.json (TL;DR posts)"}},
@@ -804,13 +860,15 @@ def run_benchmark(workdir: Path, save) -> dict:
 
   head_domains, pad_id = domains_for(head_dir, FLAGS.seq_len)
   if not FLAGS.skip_numerics:
-    batch = make_batches(head_domains, pairs=FLAGS.pairs, max_length=FLAGS.seq_len, n=1, pad_id=pad_id,
-                         seed=FLAGS.seed + 1)[0]
-    numerics = result["numerics"] = check_numerics(head_dir, batch, FLAGS.seq_len, FLAGS.pairs, gpu)
+    checked = ["dial_jax"] + [i for i in FLAGS.impls if i in PACKING and i != "dial_jax"]
+    batches = {impl: make_batches(head_domains, pairs=FLAGS.pairs, max_length=FLAGS.seq_len, n=1, pad_id=pad_id,
+                                  seed=FLAGS.seed + 1, packing_mode=PACKING[impl])[0] for impl in checked}
+    numerics = result["numerics"] = check_numerics(head_dir, batches, FLAGS.seq_len, FLAGS.pairs, gpu)
     save(result)
-    for key, v in numerics["values"].items():
-      logging.info("numerics %s: dial_jax %.7g torch %.7g |diff| %.2e%s", key, v["dial_jax"], v["torch"], v["abs_diff"],
-                   "" if v["within_tolerance"] else "  OUT OF TOLERANCE")
+    for impl, values in numerics["impls"].items():
+      for key, v in values.items():
+        logging.info("numerics %s %s: dial_jax %.7g torch %.7g |diff| %.2e%s", impl, key, v["dial_jax"], v["torch"],
+                     v["abs_diff"], "" if v["within_tolerance"] else "  OUT OF TOLERANCE")
     if not numerics["ok"]:
       if FLAGS.strict_numerics:
         raise SystemExit("numerics disagree beyond tolerance: not timing (see the values above)")
@@ -829,7 +887,7 @@ def run_benchmark(workdir: Path, save) -> dict:
   for length, pairs in grid:
     doms, pid = domains_for(sweep_dir, length)
     point = run_point(f"sweep_L{length}_p{pairs}", sweep_dir, length, pairs, FLAGS.sweep_steps, doms, pid, peak,
-                      workdir, gpu, FLAGS.sweep_impls or FLAGS.impls)
+                      workdir, gpu, [i for i in (FLAGS.sweep_impls or FLAGS.impls) if i in FLAGS.impls])
     point["model"] = model_label(FLAGS.sweep_model or FLAGS.model)
     result["sweep"].append(point)
     save(result)
@@ -847,11 +905,17 @@ def restate_mfu(result: dict, peak_gflops: float) -> None:
   for point in [result["headline"], *result["sweep"]]:
     if not point:
       continue
-    for st in point["impls"].values():
+    for impl, st in point["impls"].items():
       st["mfu_per_step"] = [f / r["wall_s"] / (peak_gflops * 1e9)
-                            for f, r in zip(point["model_flops_per_step"], st["raw"]["steps"])]
+                            for f, r in zip(flops_of(point, impl), st["raw"]["steps"])]
       st["mfu"] = statistics.median(st["mfu_per_step"])
   result["mfu_peak_gflops"] = peak_gflops
+
+
+def flops_of(point: dict, impl: str) -> list[float]:
+  """An implementation's model FLOPs per timed step (older result files: one list for all implementations)."""
+  f = point["model_flops_per_step"]
+  return f[impl] if isinstance(f, dict) else f
 
 
 def model_label(spec: str) -> str:
@@ -910,10 +974,11 @@ def report(result: dict, output: Path) -> None:
         + (f" Other processes kept {statistics.mean(other):.2f} CPUs busy during the timed steps (mean)." if other
            else "") + ("" if result.get("complete", True) else " INCOMPLETE RUN (partial results)."))
   if result["numerics"]:
-    v = result["numerics"]["values"]
-    print("\nnumerics (float32, one step, same weights and batch): " + ", ".join(
-        f"{k} {v[k]['dial_jax']:.6g} vs {v[k]['torch']:.6g} (|diff| {v[k]['abs_diff']:.1e})"
-        for k in ("source_loss", "wasserstein", "grad_norm")))
+    by_impl = result["numerics"].get("impls") or {"dial_jax": result["numerics"]["values"]}
+    for impl, v in by_impl.items():
+      print(f"\nnumerics, {impl} vs torch (float32, one step, same weights and pairs): " + ", ".join(
+          f"{k} {v[k]['dial_jax']:.6g} vs {v[k]['torch']:.6g} (|diff| {v[k]['abs_diff']:.1e})"
+          for k in ("source_loss", "wasserstein", "grad_norm")))
   end = result.get("matmul_peak_end")
   print(f"matmul peak {result['matmul_peak']['peak_gflops']:.1f} GFLOP/s ({result['matmul_peak']['dtype']}; jax "
         f"{result['matmul_peak']['jax_gflops']:.1f}, torch {result['matmul_peak']['torch_gflops']:.1f})"

@@ -42,47 +42,22 @@ def test_train_step_quick(raw_data_dir, tmp_path):
     v = numerics["values"][key]
     assert abs(v["dial_jax"] - v["torch"]) <= 1e-5 + 1e-3 * abs(v["torch"]), (key, v)
   head = result["headline"]
-  assert set(head["impls"]) == {"dial_jax", "dial_jax_packed", "torch"}
+  assert set(head["impls"]) == {"dial_jax", "dial_jax_packed", "dial_jax_shared", "torch"}
+  for impl in ("dial_jax", "dial_jax_packed", "dial_jax_shared"):  # every data.packing mode agrees with torch
+    for key in ("source_loss", "wasserstein", "grad_norm"):
+      assert numerics["impls"][impl][key]["within_tolerance"], (impl, key)
+  # the shared-prefix layout computes fewer tokens than the pairs hold; padding computes more
+  useful = sum(head["useful_tokens_per_step"])
+  assert sum(head["computed_tokens_per_step"]["dial_jax_shared"]) < useful
+  assert sum(head["computed_tokens_per_step"]["dial_jax"]) == useful
+  assert head["slots_per_useful_token"]["dial_jax"] >= head["slots_per_useful_token"]["dial_jax_packed"]
   for impl, s in head["impls"].items():
     assert s["tokens_per_s"] > 0 and 0 < s["mfu"] < 1 and s["peak_memory_mib"] > 0, impl
     assert len(s["raw"]["steps"]) == result["config"]["steps"]
-  assert head["impls"]["dial_jax"]["raw"]["compiles_during_timing"] == 0
+  for impl in ("dial_jax", "dial_jax_packed", "dial_jax_shared"):
+    assert head["impls"][impl]["raw"]["compiles_during_timing"] == 0, impl
   assert head["impls"]["dial_jax"]["ratio_over_torch"] > 0
   assert result["matmul_peak"]["peak_gflops"] > 0
   assert {"machine", "command", "date", "flops_formula", "sweep"} <= set(result)
   assert (tmp_path / "train_step.png").stat().st_size > 0
   assert "| tiny random gemma3 | 64 | 2 | dial_jax |" in proc.stdout
-
-
-def test_packed_step_matches_padded_step(raw_data_dir, tmp_path):
-  """The packed-sequence prototype (benchmarks/packed_step.py) gives dial_jax's padded-step losses and gradient norm
-  on real batches (several sequences per packed row)."""
-  sys.path.insert(0, str(REPO / "benchmarks"))
-  import jax
-  import packed_step
-  import train_step as ts
-  from dial_jax.hf import load
-  from dial_jax.train import state as state_lib
-
-  if not ts.FLAGS.is_parsed():
-    ts.FLAGS(["test"])
-  ts.FLAGS.min_bucket, ts.FLAGS.lora_rank, ts.FLAGS.lora_alpha = 16, 8, 16.0
-  model_dir = ts.resolve_model("quick", tmp_path)
-  tokenizer = load.load_tokenizer(model_dir)
-  length = 256
-  domains = ts.real_domains(tokenizer, length)
-  batches = ts.make_batches(domains, pairs=2, max_length=length, n=2, pad_id=tokenizer.pad_token_id, seed=0)
-  config = ts.dial_config(model_dir, length, 2, "float32")
-  built = ts.build_dial_jax(config, donate=False)
-  model, state = built["model"], built["state"]
-  packed = packed_step.make_packed_train_step(model, state_lib.make_critic(config), state_lib.make_optimizer(config),
-                                             state_lib.make_critic_optimizer(config), config, donate=False)
-  for batch in batches:
-    rows = packed_step.pack(batch, length, tokenizer.pad_token_id)
-    assert rows["ids"].shape[0] < 8  # real packing: fewer rows than sequences
-    new_padded, m = built["step"](state, batch)
-    new_packed, pm = packed(state, rows)
-    for key in ("loss", "source_loss", "wasserstein", "critic_loss", "gradient_penalty", "grad_norm"):
-      assert abs(float(m[key]) - float(pm[key])) <= 1e-5 + 1e-4 * abs(float(m[key])), key
-    for a, b in zip(jax.tree.leaves(new_padded.trainable), jax.tree.leaves(new_packed.trainable)):
-      assert abs(a - b).max() <= 1e-6

@@ -12,7 +12,6 @@ the update (``train.on_nonfinite=skip``) and is counted.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -162,11 +161,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic,
     grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
     return (new_critic, new_critic_opt, grad_sum), metrics
 
-  zeros = jax.tree.map(jnp.zeros_like, (state.trainable, state.critic) if train_critic_by_grad else state.trainable)
-  (critic_vars, critic_opt_state, grad_sum), metrics = jax.lax.scan(
-      micro, (state.critic, state.critic_opt_state, zeros), (batch, jnp.arange(num_micro)))
-  grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
-  metrics = jax.tree.map(jnp.mean, metrics)
+  if num_micro == 1:  # no scan: XLA schedules and reuses buffers better outside a loop
+    (_, (metrics, critic_vars, critic_opt_state)), grads = grad_fn(
+        state.trainable, state.critic, state.frozen, state.critic_opt_state, jax.tree.map(lambda x: x[0], batch),
+        jax.random.fold_in(step_rng, 0), lam)
+  else:
+    zeros = jax.tree.map(jnp.zeros_like, (state.trainable, state.critic) if train_critic_by_grad else state.trainable)
+    (critic_vars, critic_opt_state, grad_sum), metrics = jax.lax.scan(
+        micro, (state.critic, state.critic_opt_state, zeros), (batch, jnp.arange(num_micro)))
+    grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
+    metrics = jax.tree.map(jnp.mean, metrics)
 
   if train_critic_by_grad:
     grads, critic_grads = grads
