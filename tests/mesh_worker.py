@@ -5,6 +5,7 @@ Used by tests/test_parallel.py in subprocesses with 8 fake CPU devices, or under
                                                                            on the first device alone)
 """
 import json
+import os
 import sys
 
 import jax
@@ -64,13 +65,16 @@ def main(model_dir, data_dir, steps, *meshes):
   config = helpers.tiny_config(model_dir, data_dir, **{
       "train.batch_size": 8, "train.trainable": "full", "train.optimizer": "sgd", "train.learning_rate": 1e-2,
       "train.max_grad_norm": 0.0, "lora.rank": 0})
+  config.data.packing = os.environ.get("DIAL_TEST_PACKING", "none")
   model, variables, tokenizer, _ = loop.build_model(config)
   source, target, _ = loop.load_data(config, tokenizer)
-  batches = pipeline.PairedBatches(
-      source, target, batch_size=config.train.batch_size, grad_accum_steps=1,
-      buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
-      pad_id=model.config.pad_token_id, seed=0, process_index=jax.process_index(),
-      process_count=jax.process_count())
+
+  def batches_for(mesh):
+    return pipeline.PairedBatches(
+        source, target, batch_size=config.train.batch_size, grad_accum_steps=1,
+        buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
+        pad_id=model.config.pad_token_id, seed=0, process_index=jax.process_index(),
+        process_count=jax.process_count(), **loop.packing_options(config, mesh))
   results = []
   for spec in meshes:
     if spec.startswith("restore:"):  # restore the previous mesh's final state onto this one (fewer devices)
@@ -83,7 +87,8 @@ def main(model_dir, data_dir, steps, *meshes):
       continue
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = map(int, spec.split(","))
     devices = jax.devices()[:1] if spec == "1,1,1" else None
-    result, last_state = run(config, model, variables, batches, parallel.make_mesh(config.mesh, devices), int(steps))
+    mesh = parallel.make_mesh(config.mesh, devices)
+    result, last_state = run(config, model, variables, batches_for(mesh), mesh, int(steps))
     results.append(result)
   if jax.process_index() == 0:
     print("RESULT " + json.dumps(results))

@@ -1,13 +1,17 @@
 """The CPU experiment runner: the prefix-cache shortcut is exact, and a short real run fills the results file."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from dial_jax.data import batching
 from dial_jax.data.pipeline import Domain
-from dial_jax.experiments import prefix_cache
+from dial_jax.experiments import prefix_cache, runner
 from dial_jax.hf import load
 from dial_jax.models.reward import RewardModel
 from tests import helpers
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _token_lists(n, seed=0):
@@ -141,3 +145,12 @@ def test_quick_grid_report(quick_grid):
   assert "| few-shot-to-full (TL;DR) | mmd |" in text
   assert (root / "figures" / "target_metric.png").stat().st_size > 1000
   assert (root / "figures" / "embeddings.png").stat().st_size > 1000
+
+
+def test_committed_results_belong_to_the_current_grid():
+  """A config change that alters the grid fingerprint silently orphans every committed result (the report would
+  show none and the runner would redo them all): keys that do not change the grid's runs must stay out of it."""
+  from configs import experiments as exp_config
+  exp = exp_config.get_config()
+  rows = runner.read_results(REPO / "experiments" / "results.jsonl")
+  assert rows and all(r["grid"] == runner.grid_fingerprint(exp) for r in rows)

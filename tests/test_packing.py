@@ -122,3 +122,17 @@ def test_shared_prefix_computes_fewer_tokens_on_real_pairs(dirs):
 def test_packing_rejects_an_auxiliary_lm_loss(dirs):
   with pytest.raises(ValueError, match="data.packing='sequences' needs"):
     run_steps(helpers.tiny_config(*dirs, **{"data.packing": "sequences", "dial.aux": "source_sft"}), 1)
+
+
+def test_auto_packing_shares_prefixes_unless_the_step_needs_every_token():
+  from configs import base
+  from dial_jax.train import step as step_lib
+  c = base.get_base_config()
+  assert c.data.packing == "auto" and step_lib.packing_mode(c) == "shared_prefix"
+  c.dial.aux = "target_ntp"
+  assert step_lib.packing_mode(c) == "none"
+  c.dial.aux, c.model.pooling = "none", "mean"
+  assert step_lib.packing_mode(c) == "none"
+  c.data.packing = "bogus"
+  with pytest.raises(ValueError, match="data.packing must be one of"):
+    step_lib.validate(c)

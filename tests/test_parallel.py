@@ -92,6 +92,22 @@ def test_two_processes_match_one(dirs, mesh_runs):
   assert_same_run(mesh_runs[0], result)
 
 
+@pytest.mark.parametrize("packing", ["sequences", "shared_prefix"])
+def test_packed_batches_on_a_mesh_and_two_processes_match_one_device(dirs, mesh_runs, packing):
+  """data.packing on 8 devices (data x fsdp) and with 2 processes (each packs its own pairs into its own rows; the step
+  maps every sequence's slot to the global rows): the single-device padded run's losses and parameters."""
+  assert_same_run(mesh_runs[0], result_of(run_worker(dirs, [(4, 2, 1)], extra_env={"DIAL_TEST_PACKING": packing}))[0])
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [run_worker(dirs, [(-1, 1, 1)], devices=2, extra_env={
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+      "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo", "DIAL_TEST_PACKING": packing}) for i in range(2)]
+  result = [result_of(p) for p in procs][0][0]
+  assert result["processes"] == 2
+  assert_same_run(mesh_runs[0], result)
+
+
 def test_logical_rules_replicate_uneven_dims():
   import jax
   mesh = jax.make_mesh((1, 1, 1), parallel.MESH_AXES, devices=jax.devices()[:1])

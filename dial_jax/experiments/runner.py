@@ -248,11 +248,17 @@ def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
   return Path(exp.artifacts_dir) / (spec.run_id.replace("/", "_") + ".npz")
 
 
+PADDED_ONLY_KEYS = ("packing", "pack_row_length", "pack_rows_multiple")
+
+
 def grid_fingerprint(exp: ml_collections.ConfigDict) -> str:
   """Hash of everything that defines a run besides its RunSpec: rows made under other settings never count."""
   parts = {k: exp[k] for k in ("model", "top_layers", "max_length")}
   parts["limits"] = exp.limits.to_dict()
-  parts["train_config"] = exp.train_config.to_dict()
+  train_config = exp.train_config.to_dict()
+  for key in PADDED_ONLY_KEYS:  # the grid's batches are always padded (see train_run), so these change nothing
+    train_config["data"].pop(key, None)
+  parts["train_config"] = train_config
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -112,7 +112,7 @@ def packing_options(config: ml_collections.ConfigDict, mesh) -> dict:
   """``PairedBatches`` packing arguments; the packed row count is also kept a multiple of the rows each process's
   devices split (data x fsdp), so packed rows are always sharded, never silently replicated."""
   row_shards = max(mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count(), 1)
-  return dict(packing_mode=config.data.get("packing", "none"), pack_row_length=config.data.get("pack_row_length", 0),
+  return dict(packing_mode=step_lib.packing_mode(config), pack_row_length=config.data.get("pack_row_length", 0),
               pack_rows_multiple=math.lcm(config.data.get("pack_rows_multiple", 1), row_shards))
 
 

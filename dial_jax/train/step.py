@@ -25,6 +25,7 @@ from dial_jax.train.state import TrainState, learning_rate_schedule, merge
 MODES = ("dial", "source_only", "oracle")
 DOMAIN_LOSSES = ("wdgrl", "mmd", "coral", "dann")
 AUX_LOSSES = ("none", "source_sft", "target_ntp")
+PACKING_MODES = ("auto", "none", "sequences", "shared_prefix")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -36,9 +37,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.grad_accum_steps < 1:
     raise ValueError("train.grad_accum_steps must be >= 1")
   packing = config.data.get("packing", "none")
-  if packing != "none" and (d.aux != "none" or config.model.pooling != "last"):
+  if packing not in PACKING_MODES:
+    raise ValueError(f"data.packing must be one of {PACKING_MODES}, got {packing!r}")
+  if packing not in ("none", "auto") and not packing_supported(config):
     raise ValueError(f"data.packing={packing!r} needs model.pooling='last' and dial.aux='none' (an auxiliary LM loss "
-                     "reads every token's hidden state); use data.packing='none'")
+                     "reads every token's hidden state); use data.packing='none' or 'auto'")
+
+
+def packing_supported(config: ml_collections.ConfigDict) -> bool:
+  return config.model.pooling == "last" and config.dial.aux == "none"
+
+
+def packing_mode(config: ml_collections.ConfigDict) -> str:
+  """``data.packing`` with ``auto`` resolved: ``shared_prefix`` where the step supports packing, else ``none``."""
+  mode = config.data.get("packing", "none")
+  if mode == "auto":
+    return "shared_prefix" if packing_supported(config) else "none"
+  return mode
 
 
 def domain_weight(config: ml_collections.ConfigDict, step) -> jax.Array:
