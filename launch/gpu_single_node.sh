@@ -6,7 +6,7 @@ set -euo pipefail
 
 PROG=launch/gpu_single_node.sh
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SETTINGS="few_shot cross_lingual clean_to_noisy simple_to_complex"
+source "$REPO_ROOT/launch/common.sh"  # SETTINGS, die, q, qcmd, split_words, abspath, check_setting
 
 usage() {
   cat <<'EOF'
@@ -40,24 +40,6 @@ Runs, in the foreground, from the repository root:
 Resume: rerun the same command with the same --workdir; main continues from the latest checkpoint.
 SIGTERM (e.g. `kill PID`) makes main save a checkpoint and exit.
 EOF
-}
-
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; printf 'Run %s --help for usage.\n' "$PROG" >&2; exit 2; }
-q() {
-  local s=$1 sq="'" rep="'\"'\"'"
-  if [[ -n $s && $s != *[!A-Za-z0-9_@%+=:,./-]* ]]; then printf '%s' "$s"; return; fi
-  s=${s//$sq/$rep}
-  printf "'%s'" "$s"
-}
-qcmd() { local out="" a; for a in "$@"; do out+="${out:+ }$(q "$a")"; done; printf '%s' "$out"; }
-split_words() {
-  [[ -z ${1//[[:space:]]/} ]] && return 0
-  printf '%s' "$1" | xargs printf '' 2>/dev/null || die "cannot parse --config_overrides (unbalanced quotes?): $1"
-  local w
-  while IFS= read -r -d '' w; do OVERRIDES+=("$w"); done < <(printf '%s' "$1" | xargs printf '%s\0')
-}
-abspath() {  # local paths relative to the caller's directory (we cd to the repo root); gs:// as is
-  case $1 in /*|gs://*|"") printf '%s' "$1" ;; "~/"*) printf '%s/%s' "$HOME" "${1#"~/"}" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac
 }
 
 SETTING=${DIAL_SETTING:-}
@@ -95,8 +77,7 @@ while (($#)); do
   esac
 done
 
-[[ -n $SETTING ]] || die "--setting is required (one of: $SETTINGS)"
-[[ " $SETTINGS " == *" $SETTING "* ]] || die "unknown --setting '$SETTING' (one of: $SETTINGS)"
+check_setting
 [[ -n $WORKDIR ]] || die "--workdir is required"
 case $SCALE in paper) CONFIG=configs/$SETTING.py:paper ;; default) CONFIG=configs/$SETTING.py ;;
   *) die "--scale must be paper or default (got '$SCALE')" ;; esac
@@ -104,7 +85,9 @@ case $SCALE in paper) CONFIG=configs/$SETTING.py:paper ;; default) CONFIG=config
 [[ $MEM_FRACTION =~ ^(0?\.[0-9]*[1-9][0-9]*|1(\.0*)?)$ ]] || die "--mem_fraction must be in (0, 1] (got '$MEM_FRACTION')"
 ((PREPARE)) && [[ -z $DATA_DIR ]] && die "--prepare needs --data_dir"
 [[ -n $RAW_DIR ]] && ((!PREPARE)) && die "--raw_dir is only used with --prepare"
-for s in ${OVERRIDE_STRS[@]+"${OVERRIDE_STRS[@]}"}; do split_words "$s"; done
+for s in ${OVERRIDE_STRS[@]+"${OVERRIDE_STRS[@]}"}; do
+  split_words "$s" --config_overrides; OVERRIDES+=(${WORDS[@]+"${WORDS[@]}"})
+done
 OVERRIDES+=(${DASH_OVERRIDES[@]+"${DASH_OVERRIDES[@]}"})
 WORKDIR=$(abspath "$WORKDIR"); DATA_DIR=$(abspath "$DATA_DIR"); RAW_DIR=$(abspath "$RAW_DIR")
 LOG_FILE=$(abspath "$LOG_FILE")

@@ -6,7 +6,7 @@ set -euo pipefail
 
 PROG=launch/gpu_slurm.sh
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SETTINGS="few_shot cross_lingual clean_to_noisy simple_to_complex"
+source "$REPO_ROOT/launch/common.sh"  # SETTINGS, die, q, qcmd, split_words, abspath, check_setting
 
 usage() {
   cat <<'EOF'
@@ -48,26 +48,6 @@ Resources:
   --dry_run                print the sbatch command and the commands the job will run; submit nothing
   --help
 EOF
-}
-
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; printf 'Run %s --help for usage.\n' "$PROG" >&2; exit 2; }
-q() {
-  local s=$1 sq="'" rep="'\"'\"'"
-  if [[ -n $s && $s != *[!A-Za-z0-9_@%+=:,./-]* ]]; then printf '%s' "$s"; return; fi
-  s=${s//$sq/$rep}
-  printf "'%s'" "$s"
-}
-qcmd() { local out="" a; for a in "$@"; do out+="${out:+ }$(q "$a")"; done; printf '%s' "$out"; }
-WORDS=()
-split_words() {  # sets WORDS to the words of a shell-quoted string (nothing expanded or run)
-  WORDS=()
-  [[ -z ${1//[[:space:]]/} ]] && return 0
-  printf '%s' "$1" | xargs printf '' 2>/dev/null || die "cannot parse $2 (unbalanced quotes?): $1"
-  local w
-  while IFS= read -r -d '' w; do WORDS+=("$w"); done < <(printf '%s' "$1" | xargs printf '%s\0')
-}
-abspath() {
-  case $1 in /*|gs://*|"") printf '%s' "$1" ;; "~/"*) printf '%s/%s' "$HOME" "${1#"~/"}" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac
 }
 
 SETTING=${DIAL_SETTING:-}
@@ -119,8 +99,7 @@ while (($#)); do
   esac
 done
 
-[[ -n $SETTING ]] || die "--setting is required (one of: $SETTINGS)"
-[[ " $SETTINGS " == *" $SETTING "* ]] || die "unknown --setting '$SETTING' (one of: $SETTINGS)"
+check_setting
 [[ -n $WORKDIR ]] || die "--workdir is required (shared by all nodes, or gs://)"
 [[ $SCALE == paper || $SCALE == default ]] || die "--scale must be paper or default (got '$SCALE')"
 [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer (got '$NODES')"

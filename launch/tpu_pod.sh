@@ -6,7 +6,7 @@ set -euo pipefail
 
 PROG=launch/tpu_pod.sh
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SETTINGS="few_shot cross_lingual clean_to_noisy simple_to_complex"
+source "$REPO_ROOT/launch/common.sh"  # SETTINGS, die, q, qcmd, split_words, abspath, check_setting
 
 usage() {
   cat <<'EOF'
@@ -70,16 +70,6 @@ and recreated, the code/venv/data are set up again and main resumes from the lat
 EOF
 }
 
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; printf 'Run %s --help for usage.\n' "$PROG" >&2; exit 2; }
-
-# Quote one word for a POSIX shell exactly like Python's shlex.quote.
-q() {
-  local s=$1 sq="'" rep="'\"'\"'"
-  if [[ -n $s && $s != *[!A-Za-z0-9_@%+=:,./-]* ]]; then printf '%s' "$s"; return; fi
-  s=${s//$sq/$rep}
-  printf "'%s'" "$s"
-}
-qcmd() { local out="" a; for a in "$@"; do out+="${out:+ }$(q "$a")"; done; printf '%s' "$out"; }
 # Remote form of a worker path: a leading ~ becomes "$HOME" (expanded by the worker's shell).
 rq() {
   case $1 in
@@ -93,13 +83,6 @@ run() {
   if [[ $DRY_RUN == 1 ]]; then printf '+ %s\n' "$(qcmd "$@")"; return 0; fi
   printf '+ %s\n' "$(qcmd "$@")" >&2
   "$@"
-}
-# Append the words of a shell-quoted string to OVERRIDES (quotes honoured, nothing expanded or run).
-split_words() {
-  [[ -z ${1//[[:space:]]/} ]] && return 0
-  printf '%s' "$1" | xargs printf '' 2>/dev/null || die "cannot parse --config_overrides (unbalanced quotes?): $1"
-  local w
-  while IFS= read -r -d '' w; do OVERRIDES+=("$w"); done < <(printf '%s' "$1" | xargs printf '%s\0')
 }
 
 NAME=${TPU_NAME:-}
@@ -199,8 +182,7 @@ case $ACTION in
     exit 0 ;;
 esac
 
-[[ -n $SETTING ]] || die "--setting is required (one of: $SETTINGS)"
-[[ " $SETTINGS " == *" $SETTING "* ]] || die "unknown --setting '$SETTING' (one of: $SETTINGS)"
+check_setting
 [[ -n $WORKDIR ]] || die "--workdir is required (a gs://BUCKET/PATH shared by all workers)"
 [[ $WORKDIR == gs://?* ]] || die "--workdir must be a gs:// path (every worker writes there; local disks are lost on preemption), got '$WORKDIR'"
 case $SCALE in paper) CONFIG=configs/$SETTING.py:paper ;; default) CONFIG=configs/$SETTING.py ;;
@@ -215,7 +197,9 @@ case $SCALE in paper) CONFIG=configs/$SETTING.py:paper ;; default) CONFIG=config
 [[ $PY_VERSION =~ ^3\.[0-9]+$ ]] || die "--python_version must look like 3.11 (got '$PY_VERSION')"
 RUN_NAME=${RUN_NAME:-$SETTING-$(date -u +%Y%m%d-%H%M%S)}
 [[ $RUN_NAME =~ ^[A-Za-z0-9._-]+$ ]] || die "--run_name may only contain letters, digits, '.', '_' and '-'"
-for s in ${OVERRIDE_STRS[@]+"${OVERRIDE_STRS[@]}"}; do split_words "$s"; done
+for s in ${OVERRIDE_STRS[@]+"${OVERRIDE_STRS[@]}"}; do
+  split_words "$s" --config_overrides; OVERRIDES+=(${WORDS[@]+"${WORDS[@]}"})
+done
 OVERRIDES+=(${DASH_OVERRIDES[@]+"${DASH_OVERRIDES[@]}"})
 if [[ -z $RUNTIME ]]; then
   case $ACCEL in
