@@ -15,7 +15,6 @@ import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 
 from dial_jax import parallel  # noqa: E402
-from dial_jax.data import batching, pipeline  # noqa: E402
 from dial_jax.train import loop, state as state_lib, step as step_lib  # noqa: E402
 from tests import helpers  # noqa: E402
 
@@ -70,11 +69,7 @@ def main(model_dir, data_dir, steps, *meshes):
   source, target, _ = loop.load_data(config, tokenizer)
 
   def batches_for(mesh):
-    return pipeline.PairedBatches(
-        source, target, batch_size=config.train.batch_size, grad_accum_steps=1,
-        buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
-        pad_id=model.config.pad_token_id, seed=0, process_index=jax.process_index(),
-        process_count=jax.process_count(), **loop.packing_options(config, mesh))
+    return loop.paired_batches(config, source, target, model.config.pad_token_id, mesh)
   results = []
   for spec in meshes:
     if spec.startswith("restore:"):  # restore the previous mesh's final state onto this one (fewer devices)

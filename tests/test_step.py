@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from dial_jax.data import batching
 from dial_jax.train import loop
 from dial_jax.train import state as state_lib
 from dial_jax.train import step as step_lib
@@ -24,11 +23,8 @@ def dirs(tmp_path_factory):
 def setup(config):
   model, variables, tokenizer, _ = loop.build_model(config)
   source, target, _ = loop.load_data(config, tokenizer)
-  batches = loop.pipeline.PairedBatches(
-      source, target, batch_size=config.train.batch_size, grad_accum_steps=config.train.grad_accum_steps,
-      buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
-      pad_id=model.config.pad_token_id, seed=config.train.seed,
-      **loop.packing_options(config, loop.parallel.make_mesh(config.mesh)))
+  batches = loop.paired_batches(config, source, target, model.config.pad_token_id,
+                               loop.parallel.make_mesh(config.mesh))
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   state, shardings = state_lib.create_train_state(variables, config, model.config.num_layers,
                                                   model.config.hidden_size, tx, critic_tx)

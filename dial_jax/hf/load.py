@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from dial_jax.hf import mapping
-from dial_jax.models.decoder import DecoderConfig, LoraConfig
+from dial_jax.models.decoder import LoraConfig
 from dial_jax.models.families import decoder_config_from_hf
 from dial_jax.models.reward import RewardModel
 

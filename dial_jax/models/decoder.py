@@ -7,7 +7,7 @@ build that config from a Hugging Face ``config.json``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -211,8 +211,7 @@ class Decoder(nn.Module):
       positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
       masks = {t: layers.attention_mask(attention_mask, window(t)) for t in types}
       if last_token_only:
-        t = attention_mask.shape[-1]
-        query_index = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t)[None, :], 0), axis=-1)[:, None]
+        query_index = layers.last_token_index(attention_mask)[:, None]
     all_hidden = [x]
     for i, layer in enumerate(self.layers):
       final = i == len(self.layers) - 1

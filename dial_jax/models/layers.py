@@ -128,6 +128,12 @@ def apply_rope(x, positions, inv_freq):
   return x * cos + rotated * sin
 
 
+def last_token_index(attention_mask):
+  """[B] index of each row's last real token (from the mask, never from the pad id)."""
+  t = attention_mask.shape[-1]
+  return jnp.max(jnp.where(attention_mask > 0, jnp.arange(t)[None, :], 0), axis=-1)
+
+
 def attention_mask(attention_mask, sliding_window: int | None = None):
   """Boolean [B, 1, T, T] mask: causal, keys restricted to real tokens, and to the last
   ``sliding_window`` positions when given (distance counted in token slots, as transformers does)."""

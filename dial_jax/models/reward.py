@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dial_jax.models.decoder import Decoder, DecoderConfig, LoraConfig
+from dial_jax.models.layers import last_token_index
 
 POOLINGS = ("last", "mean")
 
@@ -21,9 +22,7 @@ def pool(hidden, attention_mask, pooling: str = "last"):
   hidden = hidden.astype(jnp.float32)
   mask = attention_mask.astype(jnp.int32)
   if pooling == "last":
-    t = mask.shape[-1]
-    last = jnp.max(jnp.where(mask > 0, jnp.arange(t)[None, :], 0), axis=-1)
-    return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
   if pooling == "mean":
     m = mask[..., None].astype(jnp.float32)
     return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)

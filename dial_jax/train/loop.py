@@ -108,12 +108,16 @@ def _write_json_atomic(path: Path, obj) -> None:
   os.replace(tmp, path)
 
 
-def packing_options(config: ml_collections.ConfigDict, mesh) -> dict:
-  """``PairedBatches`` packing arguments; the packed row count is also kept a multiple of the rows each process's
+def paired_batches(config: ml_collections.ConfigDict, source, target, pad_id: int, mesh) -> pipeline.PairedBatches:
+  """This process's train batches per ``config``. Packed row counts are kept a multiple of the rows each process's
   devices split (data x fsdp), so packed rows are always sharded, never silently replicated."""
   row_shards = max(mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count(), 1)
-  return dict(packing_mode=step_lib.packing_mode(config), pack_row_length=config.data.get("pack_row_length", 0),
-              pack_rows_multiple=math.lcm(config.data.get("pack_rows_multiple", 1), row_shards))
+  return pipeline.PairedBatches(
+      source, target, batch_size=config.train.batch_size, grad_accum_steps=config.train.grad_accum_steps,
+      buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket), pad_id=pad_id,
+      seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+      packing_mode=step_lib.packing_mode(config), pack_row_length=config.data.get("pack_row_length", 0),
+      pack_rows_multiple=math.lcm(config.data.get("pack_rows_multiple", 1), row_shards))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -133,11 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("data: source %d %s, target %d %s, eval %s", len(source), source.kind, len(target), target.kind,
                {k: len(v) for k, v in evals.items()})
   pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
-  batches = pipeline.PairedBatches(
-      source, target, batch_size=config.train.batch_size, grad_accum_steps=config.train.grad_accum_steps,
-      buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket), pad_id=pad_id,
-      seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-      **packing_options(config, mesh))
+  batches = paired_batches(config, source, target, pad_id, mesh)
 
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   critic = state_lib.make_critic(config)

@@ -20,12 +20,13 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dial_jax import losses
+from dial_jax.data import packing
 from dial_jax.train.state import TrainState, learning_rate_schedule, merge
 
 MODES = ("dial", "source_only", "oracle")
 DOMAIN_LOSSES = ("wdgrl", "mmd", "coral", "dann")
 AUX_LOSSES = ("none", "source_sft", "target_ntp")
-PACKING_MODES = ("auto", "none", "sequences", "shared_prefix")
+PACKING_MODES = ("auto",) + packing.MODES
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -191,24 +192,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic,
     grads, critic_grads = grads
     critic_updates, critic_opt_state = critic_tx.update(critic_grads, state.critic_opt_state, state.critic)
     critic_vars = optax.apply_updates(state.critic, critic_updates)
-  new_state, grad_norm, finite = apply_update(state, grads, metrics["loss"], critic_vars, critic_opt_state, rng, tx)
-  metrics.update(grad_norm=grad_norm, learning_rate=learning_rate_schedule(config)(state.step), domain_weight=lam,
-                 nonfinite=(~finite).astype(jnp.int32))
-  return new_state, metrics
-
-
-def apply_update(state: TrainState, grads, loss, critic_vars, critic_opt_state, rng, tx):
-  """(next state, gradient norm, finite): the optimizer step, the new critic and RNG, and step + 1; a non-finite
-  loss or gradient keeps the old parameters, critic and optimizer states."""
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
       step=state.step + 1, rng=rng, trainable=keep(trainable, state.trainable), opt_state=keep(opt_state, state.opt_state),
       critic=keep(critic_vars, state.critic), critic_opt_state=keep(critic_opt_state, state.critic_opt_state))
-  return new_state, grad_norm, finite
+  metrics.update(grad_norm=grad_norm, learning_rate=learning_rate_schedule(config)(state.step), domain_weight=lam,
+                 nonfinite=(~finite).astype(jnp.int32))
+  return new_state, metrics
 
 
 def make_train_step(model, critic, tx, critic_tx, config, *, state_shardings=None, batch_sharding=None,
