@@ -1,0 +1,103 @@
+"""Evaluation metrics against scipy.stats and hand-computed values (ties and constant inputs included)."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from dial_jax import metrics
+
+
+def test_pairwise_accuracy_by_hand():
+  # wins: 2 > 1, 3 > 0; tie 5 == 5 counts one half; loss 0 < 4
+  assert metrics.pairwise_accuracy([2, 3, 5, 0], [1, 0, 5, 4]) == pytest.approx((1 + 1 + 0.5 + 0) / 4, abs=0)
+  assert metrics.pairwise_accuracy([1.0], [0.0]) == 1.0
+  assert metrics.pairwise_accuracy([0.0], [1.0]) == 0.0
+  assert metrics.pairwise_accuracy([7, 7, 7], [7, 7, 7]) == 0.5
+  # not symmetric: swapping chosen and rejected gives 1 - accuracy
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=101), rng.normal(size=101)
+  assert metrics.pairwise_accuracy(a, b) == pytest.approx(1 - metrics.pairwise_accuracy(b, a), abs=1e-15)
+  assert metrics.pairwise_accuracy(a, b) == pytest.approx(np.mean(a > b), abs=1e-15)
+
+
+def test_pairwise_accuracy_float32_ties_are_exact():
+  """float32 rewards that tie stay tied (the float64 cast must not break them)."""
+  r = np.float32([0.1, 0.2, 0.3])
+  assert metrics.pairwise_accuracy(r, r.copy()) == 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pearson_matches_scipy(seed):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=50)
+  y = 0.5 * x + rng.normal(size=50)
+  assert metrics.pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+  assert metrics.pearson(x, -y) == pytest.approx(-stats.pearsonr(x, y).statistic, abs=1e-12)
+
+
+def test_pearson_by_hand_and_invariances():
+  assert metrics.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0, abs=1e-15)
+  assert metrics.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0, abs=1e-15)
+  # x = (-1, 0, 1), y = (1, -2, 1) after centring: sum xy = 0 -> r = 0
+  assert metrics.pearson([1, 2, 3], [1, -2, 1]) == pytest.approx(0.0, abs=1e-15)
+  # (1,2,3,4) vs (1,3,2,4): centred (-1.5,-.5,.5,1.5) and (-1.5,.5,-.5,1.5) -> 4 / 5
+  assert metrics.pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8, abs=1e-15)
+  # float32 input with a large offset: computed in float64, so the offset does not cost precision
+  x = np.float32([1e4 + 1, 1e4 + 2, 1e4 + 3, 1e4 + 4])
+  assert metrics.pearson(x, [1, 3, 2, 4]) == pytest.approx(0.8, abs=1e-9)
+
+
+def test_constant_inputs_give_zero():
+  """A constant prediction (e.g. a collapsed model) has no correlation; reported as 0, never NaN."""
+  assert metrics.pearson([1, 1, 1], [1, 2, 3]) == 0.0
+  assert metrics.pearson([1, 2, 3], [5, 5, 5]) == 0.0
+  assert metrics.spearman([2, 2, 2, 2], [1, 2, 3, 4]) == 0.0
+  assert metrics.spearman([1, 2, 3, 4], [0, 0, 0, 0]) == 0.0
+
+
+@pytest.mark.parametrize("x", [
+    [3, 1, 2],
+    [1, 1, 1],
+    [2, 1, 2, 3, 1, 2],
+    [0.5, -1.0, 0.5, 0.5, 7.0, -1.0, 2.0],
+    [5.0],
+])
+def test_rankdata_matches_scipy_average_ties(x):
+  np.testing.assert_array_equal(metrics.rankdata(x), stats.rankdata(x, method="average"))
+
+
+def test_rankdata_by_hand():
+  # sorted: 10 (rank 1), 20 20 (ranks 2, 3 -> 2.5), 30 (4), 40 40 40 (5, 6, 7 -> 6)
+  np.testing.assert_array_equal(metrics.rankdata([40, 20, 10, 40, 30, 20, 40]), [6, 2.5, 1, 6, 4, 2.5, 6])
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 5, size=200).astype(np.float32)  # many ties, like 1..5 human scores
+  np.testing.assert_array_equal(metrics.rankdata(x), stats.rankdata(x))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spearman_matches_scipy_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  scores = rng.integers(1, 6, size=80).astype(np.float32)          # integer human scores: many ties
+  rewards = scores + rng.normal(scale=2.0, size=80).astype(np.float32)
+  rewards[:10] = rewards[0]                                        # tied rewards too
+  expected = stats.spearmanr(rewards, scores).statistic
+  assert metrics.spearman(rewards, scores) == pytest.approx(expected, abs=1e-12)
+
+
+def test_spearman_by_hand():
+  # monotone but nonlinear: Spearman 1 where Pearson is below 1
+  x = [1, 2, 3, 4, 5]
+  y = [1, 4, 9, 16, 1000]
+  assert metrics.spearman(x, y) == pytest.approx(1.0, abs=1e-15)
+  assert metrics.pearson(x, y) < 0.8
+  # ranks (1,2,3) vs (1.5,1.5,3): centred (-1,0,1) and (-.5,-.5,1) -> 1.5 / sqrt(2 * 1.5)
+  assert metrics.spearman([1, 2, 3], [0, 0, 9]) == pytest.approx(1.5 / np.sqrt(3.0), abs=1e-15)
+
+
+def test_metric_writer_round_trip(tmp_path):
+  import json
+  w = metrics.MetricWriter(tmp_path)
+  w.write(3, "eval/x", {"accuracy": np.float32(0.75), "v": np.arange(2)})
+  metrics.MetricWriter(tmp_path / "nowhere", enabled=False).write(1, "train", {"a": 1})
+  row = json.loads((tmp_path / "metrics.jsonl").read_text())
+  assert (row["step"], row["kind"], row["accuracy"], row["v"]) == (3, "eval/x", 0.75, [0, 1])
+  assert not (tmp_path / "nowhere").exists()
