@@ -1,12 +1,19 @@
 r"""Builds the four DIAL settings' splits from the raw public data.
 
   python -m dial_jax.prepare --raw_dir=../shared/data/raw --out_dir=data/splits \
-      [--seed=0] [--settings=cross_lingual,clean_to_noisy]
+      [--seed=0] [--settings=cross_lingual,clean_to_noisy] [--allow_modified_raw]
 
 Without ``--raw_dir`` the raw files are downloaded from where their projects
 publish them into ``<out_dir>/raw`` (same layout as ``../shared/data/raw``).
 The Korean HH translation and ASAP (Kaggle, login required) have no public
 direct URL: settings needing them require ``--raw_dir``.
+
+Each raw file must be the published one (sha256 and row count recorded in
+``dial_jax.data.sources.PUBLISHED``; a truncated or edited file is refused,
+naming it, unless ``--allow_modified_raw``). The splits are written into a new
+directory beside ``out_dir`` that replaces it in one rename, so a failure
+leaves ``out_dir`` as it was; settings not named in ``--settings`` (and their
+manifest entries) are kept.
 """
 from __future__ import annotations
 
@@ -108,7 +115,7 @@ def summary_table(manifest: dict) -> str:
 
 
 def run(raw_dir: str | Path | None, out_dir: str | Path, seed: int = 0,
-        settings: Sequence[str] = S.SETTINGS) -> dict:
+        settings: Sequence[str] = S.SETTINGS, allow_modified_raw: bool = False) -> dict:
   """Downloads (if ``raw_dir`` is None), converts, splits; returns the manifest."""
   out_dir = Path(out_dir)
   bad = [s for s in settings if s not in S.SETTINGS]
@@ -117,7 +124,8 @@ def run(raw_dir: str | Path | None, out_dir: str | Path, seed: int = 0,
   if raw_dir is None:
     raw_dir = out_dir / "raw"
     download_raw(settings, raw_dir)
-  return S.prepare_settings(raw_dir, out_dir, seed=seed, settings=settings)
+  return S.prepare_settings(raw_dir, out_dir, seed=seed, settings=settings,
+                            allow_modified_raw=allow_modified_raw)
 
 
 def make_flags() -> flags.FlagValues:
@@ -130,6 +138,8 @@ def make_flags() -> flags.FlagValues:
   flags.DEFINE_integer("seed", 0, "Split seed.", flag_values=fv)
   flags.DEFINE_list("settings", list(S.SETTINGS), "Comma-separated subset of settings.",
                     flag_values=fv)
+  flags.DEFINE_boolean("allow_modified_raw", False, "Use raw files that differ from the published ones "
+                       "(recorded as such in the manifest) instead of refusing them.", flag_values=fv)
   flags.DEFINE_boolean("help", False, "Show this help.", flag_values=fv)
   flags.mark_flag_as_required("out_dir", flag_values=fv)
   return fv
@@ -151,8 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}\n{usage}", file=sys.stderr)
     return 2
   try:
-    manifest = run(fv.raw_dir, fv.out_dir, fv.seed, fv.settings)
-  except (DownloadError, S.MissingRawFiles, ValueError) as e:
+    manifest = run(fv.raw_dir, fv.out_dir, fv.seed, fv.settings, fv.allow_modified_raw)
+  except (DownloadError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(summary_table(manifest))

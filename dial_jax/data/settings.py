@@ -35,9 +35,14 @@ Seed 0 gives: cross_lingual 958/150/600/200/400, clean_to_noisy
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import logging
+import os
 import random
+import shutil
+import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -60,8 +65,17 @@ HH_SOURCE_VAL, KO_TARGET_TRAIN = 150, 600
 CNNDM_SOURCE_VAL, UKP_SOURCE_VAL, FEW_SHOT_N = 30, 700, 10
 
 
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+ALLOW_MODIFIED_HINT = "pass --allow_modified_raw (allow_modified_raw=True) to use it anyway"
+
+
 class MissingRawFiles(FileNotFoundError):
   """Raw files a setting needs are absent from the raw folder."""
+
+
+class ManifestError(ValueError):
+  """Prepared split files do not match their manifest.json (one line naming the file)."""
 
 
 def ukp_files(raw_dir: Path) -> list[Path]:
@@ -86,6 +100,40 @@ def check_raw(settings: Sequence[str], raw_dir: Path) -> None:
     missing.append(f"simple_to_complex: {Path(raw_dir) / UKP_DIR}/*.csv")
   if missing:
     raise MissingRawFiles("raw files missing under " + str(raw_dir) + ":\n  " + "\n  ".join(missing))
+
+
+def check_published(settings: Sequence[str], raw_dir: Path) -> None:
+  """Raises :class:`sources.RawFileError` naming the first raw file that is not the published one.
+
+  Each file ``settings`` read must have the sha256 recorded in :data:`sources.PUBLISHED`; the message of a
+  file that differs gives its row count against the published one (a truncated file shows here), and a
+  published UKPConvArg file missing from the folder is named too.
+  """
+  raw_dir = Path(raw_dir)
+  seen = set()
+  for setting in settings:
+    files = raw_files(setting, raw_dir)
+    if setting == "simple_to_complex":
+      for rel in sorted(r for r in sources.PUBLISHED if r.startswith(UKP_DIR + "/")):
+        if not (raw_dir / rel).is_file():
+          raise sources.RawFileError(f"{raw_dir / rel}: published UKPConvArg file missing ({setting} reads all "
+                                     f"{sum(r.startswith(UKP_DIR + '/') for r in sources.PUBLISHED)}); "
+                                     + ALLOW_MODIFIED_HINT)
+    for path in files:
+      rel = path.relative_to(raw_dir).as_posix()
+      if rel in seen:
+        continue
+      seen.add(rel)
+      if rel not in sources.PUBLISHED:
+        raise sources.RawFileError(f"{path}: not one of the published raw files ({setting}); " + ALLOW_MODIFIED_HINT)
+      want_sha, want_rows = sources.PUBLISHED[rel]
+      got_sha = sha256(path)
+      if got_sha != want_sha:
+        rows = sources.count_rows(path)
+        what = "truncated" if rows < want_rows else "modified"
+        raise sources.RawFileError(
+            f"{path}: not the published file ({what}? {rows:,} rows, published {want_rows:,}; sha256 "
+            f"{got_sha[:12]}..., published {want_sha[:12]}...); " + ALLOW_MODIFIED_HINT)
 
 
 def sha256(path: Path) -> str:
@@ -220,27 +268,69 @@ _CONVERTER_FILES = {"hh": lambda r: [r / HH], "ko": lambda r: [r / KO],
 
 
 def prepare_settings(raw_dir: str | Path, out_dir: str | Path, seed: int = 0,
-                     settings: Sequence[str] = SETTINGS) -> dict:
-  """Converts, splits and writes the requested settings; returns the manifest.
+                     settings: Sequence[str] = SETTINGS, *, allow_modified_raw: bool = False) -> dict:
+  """Converts, splits and writes the requested settings atomically; returns the manifest.
 
-  ``manifest.json`` holds, per setting: the seed, each split's file, kind,
-  count and sha256, the raw files read (path relative to ``raw_dir`` and
-  sha256) and every converter's report (all drops with reasons).
+  Every raw file is first checked against the published one (:func:`check_published`) unless
+  ``allow_modified_raw``. Everything is written into a new directory beside ``out_dir`` that then replaces
+  it in one rename: a failure leaves ``out_dir`` as it was. Settings not requested, and any other content
+  of an existing ``out_dir`` (e.g. ``raw/``), are carried over (hard links), with their manifest entries
+  when their files still match them. ``manifest.json`` holds, per setting: the seed, the raw folder, each
+  split's file, kind, count and sha256, the raw files read (path relative to ``raw_dir``, sha256, whether
+  it is the published file) and every converter's report (all drops with reasons).
   """
   raw_dir, out_dir = Path(raw_dir), Path(out_dir)
   unknown = [s for s in settings if s not in SETTINGS]
   if unknown:
     raise ValueError(f"unknown settings {unknown}; choose from {SETTINGS}")
+  settings = list(dict.fromkeys(settings))
   check_raw(settings, raw_dir)
+  if not allow_modified_raw:
+    check_published(settings, raw_dir)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise NotADirectoryError(f"--out_dir {out_dir} exists and is not a directory")
+  real_out = out_dir.resolve()
+  old = _read_manifest(real_out)
+  tmp = _new_sibling(real_out, "tmp")
+  try:
+    entries = _write_settings(raw_dir, tmp, seed, settings)
+    if real_out.is_dir():
+      for child in sorted(real_out.iterdir()):
+        if child.name not in settings and child.name != MANIFEST:
+          _link_tree(child, tmp / child.name)
+      for setting, entry in old.get("settings", {}).items():
+        if setting in settings or setting not in SETTINGS:
+          continue
+        entry = {"raw_dir": old.get("raw_dir"), **entry}
+        try:
+          _check_entry(tmp, setting, entry, real_out / MANIFEST)
+        except ManifestError as e:
+          log.warning("dropping %s from the manifest, its files no longer match it: %s", setting, e)
+          continue
+        entries[setting] = entry
+    common = lambda key: (lambda vals: vals[0] if len(set(map(json.dumps, vals))) == 1 else None)(
+        [e.get(key) for e in entries.values()])
+    manifest = {"format": "dial_jax splits v1", "seed": common("seed"), "raw_dir": common("raw_dir"),
+                "record_formats": {"pairs": list(dio.PAIR_FIELDS), "scored": list(dio.SCORED_FIELDS)},
+                "settings": entries}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    _swap_in(tmp, real_out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return manifest
+
+
+def _write_settings(raw_dir: Path, dest: Path, seed: int, settings: Sequence[str]) -> dict:
+  """Builds and writes ``settings`` under ``dest``; returns their manifest entries."""
   conv = _Converted(raw_dir)
   digests: dict[Path, str] = {}
-  manifest = {"format": "dial_jax splits v1", "seed": seed, "raw_dir": str(raw_dir),
-              "record_formats": {"pairs": list(dio.PAIR_FIELDS), "scored": list(dio.SCORED_FIELDS)},
-              "settings": {}}
+  entries = {}
   for setting in settings:
     splits, used, notes = build_setting(setting, conv, seed)
-    sdir = out_dir / setting
-    entry = {"seed": seed, "splits": {}, "source_files": [], "dropped": {}, "left_out": notes}
+    sdir = dest / setting
+    entry = {"seed": seed, "raw_dir": str(raw_dir), "splits": {}, "source_files": [], "dropped": {},
+             "left_out": notes}
     for split, recs in splits.items():
       path = sdir / f"{split}.jsonl"
       dio.write_jsonl(path, recs)
@@ -251,10 +341,122 @@ def prepare_settings(raw_dir: str | Path, out_dir: str | Path, seed: int = 0,
       for p in _CONVERTER_FILES[name](raw_dir):
         if p not in digests:
           digests[p] = sha256(p)
-        entry["source_files"].append({"path": str(p.relative_to(raw_dir)), "sha256": digests[p]})
+        rel = p.relative_to(raw_dir).as_posix()
+        entry["source_files"].append({"path": rel, "sha256": digests[p],
+                                      "published": sources.PUBLISHED.get(rel, (None,))[0] == digests[p]})
       entry["dropped"][name] = conv.get(name)[1].to_dict()
-    manifest["settings"][setting] = entry
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
-  return manifest
+    entries[setting] = entry
+  return entries
+
+
+def _read_manifest(data_dir: Path) -> dict:
+  path = Path(data_dir) / MANIFEST
+  if not path.is_file():
+    return {}
+  try:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+  except ValueError as e:
+    log.warning("ignoring unreadable %s: %s", path, e)
+    return {}
+  return manifest if isinstance(manifest, dict) else {}
+
+
+def _check_entry(data_dir: Path, setting: str, entry: dict, manifest_path) -> None:
+  for split in SPLITS:
+    info = entry.get("splits", {}).get(split)
+    if not isinstance(info, dict) or "file" not in info or "sha256" not in info:
+      raise ManifestError(f"{manifest_path}: setting {setting!r} has no entry for split {split!r}; "
+                          f"rerun python -m dial_jax.prepare --settings={setting}")
+    path = Path(data_dir) / info["file"]
+    if not path.is_file():
+      raise ManifestError(f"{path}: missing (listed in {manifest_path}); "
+                          f"rerun python -m dial_jax.prepare --settings={setting}")
+    if sha256(path) != info["sha256"]:
+      raise ManifestError(f"{path}: sha256 differs from {manifest_path} (changed after prepare); "
+                          f"rerun python -m dial_jax.prepare --settings={setting}")
+
+
+def check_manifest(data_dir: str | Path, setting: str) -> dict:
+  """Checks ``setting``'s split files under ``data_dir`` against ``manifest.json``; returns its entry.
+
+  Raises :class:`ManifestError` (one line naming the manifest or the split file) when the manifest is
+  missing or unreadable, has no entry for ``setting``, or a split file is missing or has another sha256.
+  """
+  data_dir = Path(data_dir)
+  path = data_dir / MANIFEST
+  if not path.is_file():
+    raise ManifestError(f"{path}: missing; prepare the data with python -m dial_jax.prepare --out_dir={data_dir}")
+  try:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    entry = manifest["settings"][setting]
+  except ValueError as e:
+    raise ManifestError(f"{path}: not valid JSON ({e})") from None
+  except (KeyError, TypeError):
+    raise ManifestError(f"{path}: no entry for setting {setting!r}; "
+                        f"rerun python -m dial_jax.prepare --settings={setting}") from None
+  _check_entry(data_dir, setting, entry, path)
+  return entry
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+  """Hard-links ``src`` (file or tree; symlinks copied as links) to ``dst``; copies across filesystems."""
+  def link(a, b):
+    try:
+      os.link(a, b)
+    except OSError:
+      shutil.copy2(a, b)
+  if src.is_symlink():
+    os.symlink(os.readlink(src), dst)
+  elif src.is_dir():
+    shutil.copytree(src, dst, symlinks=True, copy_function=link)
+  else:
+    link(src, dst)
+
+
+def _new_sibling(path: Path, what: str) -> Path:
+  """A new hidden directory beside ``path`` (same filesystem, so the final rename is atomic)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  for _ in range(100):
+    sib = path.parent / f".{path.name}.{what}-{uuid.uuid4().hex[:8]}"
+    try:
+      sib.mkdir()
+      return sib
+    except FileExistsError:
+      continue
+  raise FileExistsError(f"could not create a temporary directory beside {path}")
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+  """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.renameat2
+  except (OSError, AttributeError, TypeError):
+    return False
+  fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+  at_fdcwd = -100
+  return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _swap_in(new: Path, dest: Path) -> None:
+  """Puts directory ``new`` at ``dest``; an existing ``dest`` is replaced in one step and then deleted."""
+  if not dest.exists():
+    os.rename(new, dest)
+    return
+  if _exchange(new, dest):
+    shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old directory
+    return
+  old = _new_sibling(dest, "old")
+  try:
+    os.rename(dest, old / "dir")
+    try:
+      os.rename(new, dest)
+    except BaseException:
+      os.rename(old / "dir", dest)
+      raise
+  finally:
+    if dest.exists():  # else the previous directory is still in ``old``: never delete it
+      shutil.rmtree(old, ignore_errors=True)

@@ -42,6 +42,111 @@ from typing import Iterable, Sequence
 ASSISTANT_TAG = "\n\nAssistant:"
 HUMAN_TAG = "\n\nHuman:"
 
+# The published raw files (path relative to the raw folder -> (sha256, rows)), as in ../shared/data/raw.
+# Rows as :func:`count_rows` counts them (JSON lines, TSV records without the header, Korean lines).
+PUBLISHED: dict[str, tuple[str, int]] = {
+    "asap-aes/asap_set1.tsv": ("4f6635a090cc45a029e505eac090a97beb9f0b8cb3fbe5a1094241b655ff2a66", 1782),
+    "hh-rlhf-harmless/test.jsonl.gz": ("ebfaaed21162a4de120ae85366075b34425e2a6303fac59b99555002f7016f03", 2312),
+    "ko-hh-rlhf-harmless/ko_harmless_base_test.txt":
+        ("7f4c128b8bd66fca7d8041b59d0b3de623243dfdff38eb6146e1d5491864617e", 2312),
+    "summarize-from-feedback/batch13.json": ("e4f4de3ad8763b801c4b45ff277e1ead75e9c4105f1b0837793c4b51477ec122", 1097),
+    "summarize-from-feedback/batch18.json": ("5008e223e287b4c38e434e270cf77301993adba70e1f87362f35fb928f83863a", 674),
+    "summarize-from-feedback/cnndm0.json": ("be936926b85b8d42d708529bb4fae2470918cb0bd7d8d3eb3c7a4b4cb986225b", 437),
+    **{f"ukpconvarg1-strict/{name}.csv": (digest, rows) for name, digest, rows in (
+        ("ban-plastic-water-bottles_no-bad-for-the-economy",
+         "d1efc6d3f08a0167d6b71cf8f50ccb9d89da8e353162a712629dbaddee9fc883", 288),
+        ("ban-plastic-water-bottles_yes-emergencies-only",
+         "f1b594fcd3feb274a819b9bdd59673034f555d89acbabe7c0b40adcfc8df13de", 400),
+        ("christianity-or-atheism-_atheism", "c9784346115d1275cab5fb6288a635e5a67b32110d73b2677629263e38a2f16e", 327),
+        ("christianity-or-atheism-_christianity",
+         "e90ce4eabeb3c6a34ad772e34ba7f5255364fa27cd87eaf2406824af401e1dcb", 261),
+        ("evolution-vs-creation_creation", "722c40b9b2e6725036fcaca243fe7421deedf253f939a66a2c332e8a8395406b", 356),
+        ("evolution-vs-creation_evolution", "0b8218b8b9bb8c3d7660a8b6008ddefc081c1d301de329dc7af796ab55f3a563", 426),
+        ("firefox-vs-internet-explorer_it-has-a-cute-logo-oh-and-extensions-err-add-ons",
+         "9a33cbec5bcb9f3651bc3747117ed1faa9b7c3cf93a86a3ba3bab9d3435898b1", 474),
+        ("firefox-vs-internet-explorer_there-s-more-browsers-than-the-ie-firefox-is-an-animal",
+         "101719aae383d31cc05195524a8a79efacca767268bf91c1f7ad2be5aca8cacd", 274),
+        ("gay-marriage-right-or-wrong_allowing-gay-marriage-is-right",
+         "c504170720075bb247bf857b4a74e2a0006e227874d41a365d4cf742143af02c", 404),
+        ("gay-marriage-right-or-wrong_allowing-gay-marriage-is-wrong",
+         "2759c1ad9c0748a1fa8cbbf6166e104b9a731d46c007eec9221746ec78a27fd2", 447),
+        ("human-growth-and-development-should-parents-use-spanking-as-an-option-to-discipline-_no",
+         "7a3ac8558be74f3f4f085293d545800f866f66b0b8cfdf8702c1d32b70dfe7a8", 368),
+        ("human-growth-and-development-should-parents-use-spanking-as-an-option-to-discipline-_yes",
+         "103403421f41b18f102954f9a8968aa18a6edf759379cccec19e2dcd10af8d71", 338),
+        ("if-your-spouse-committed-murder-and-he-or-she-confided-in-you-would-you-turn-them-in-_no",
+         "924bbb29b79990b196ac2f17c25a8a5ada2c1eb44369052ad006731f272459ea", 341),
+        ("if-your-spouse-committed-murder-and-he-or-she-confided-in-you-would-you-turn-them-in-_yes",
+         "c8c5ed3510f842aa60d4935f3137293637b2a8c775788ccbe00ac925d625d45d", 346),
+        ("india-has-the-potential-to-lead-the-world-_no-against",
+         "fc5d6699740e343606133afd9cb8eb5e44accaf9ddca5502c41809d40592d4d5", 375),
+        ("india-has-the-potential-to-lead-the-world-_yes-for",
+         "5183a1587bb9c688f13da61efe8247e1c0833d459ed59cc79c0e9ceac9bbc4b3", 447),
+        ("is-it-better-to-have-a-lousy-father-or-to-be-fatherless-_fatherless",
+         "90ea69a4800eebc6aec6935dccc72d592bae2ea3acf0b8a199cb43552be2948d", 287),
+        ("is-it-better-to-have-a-lousy-father-or-to-be-fatherless-_lousy-father",
+         "129e2e19214db77b98a04feb66a4e85c3d78cc494b0dfb1b3d099c3e37ef0b6a", 329),
+        ("is-porn-wrong-_no-is-is-not", "b6b30bede4567c84dbc2ec8db0c6acb74f818d2685534e8d09d35f48c3f230fe", 343),
+        ("is-porn-wrong-_yes-porn-is-wrong", "1a827506b88b7f5d7ce1a781cb935d4fe3f019b79b83bd2a778526e10c9ff6f1", 228),
+        ("is-the-school-uniform-a-good-or-bad-idea-_bad",
+         "7ebb532dcaedd836a7a96a65a7cc45bb10e92d49fd7d94a265795ecf68e1927a", 439),
+        ("is-the-school-uniform-a-good-or-bad-idea-_good",
+         "db2948b209b9d59e8aa256aa020dcc7bd53581ede762f403e2550d7eb60dad1e", 439),
+        ("personal-pursuit-or-advancing-the-common-good-_advancing-the-commond-good",
+         "4e0dcc10f2e9c360f0786aeb1545440943794c65c290d4f4d144c7ab22420748", 379),
+        ("personal-pursuit-or-advancing-the-common-good-_personal-pursuit",
+         "3ddb7f9b04425a02eaff86394b02ef3a516317457283bc4ba84cf38bb6048e0a", 354),
+        ("pro-choice-vs-pro-life_pro-choice", "7f98ca0c5eec48782c1ce6d43aefad41428c82cb3bb0ed2b8cda48c7a035352f", 426),
+        ("pro-choice-vs-pro-life_pro-life", "648586dff1eb6e4c22d7eb528cca79219daecc9b99906c8bae59f810bf532585", 419),
+        ("should-physical-education-be-mandatory-in-schools-_no-",
+         "9fa60eee8b161ff400b0b88b01c3e6a1b44bedc4795eea4a75c7089b784e7c16", 212),
+        ("should-physical-education-be-mandatory-in-schools-_yes-",
+         "133e27fb57352eeb1bc71638051536546cabc84b90bff4f7e6d7313da944176c", 356),
+        ("tv-is-better-than-books_books", "2d8b8247570aab28837febfdfdd7324f4e1fac2efe58a77d7fc355c89509642f", 269),
+        ("tv-is-better-than-books_tv", "76677ba0814e95380b1f5b9a459670fd3e71ad1f5cb02ecc7ac094e3f5dfb58e", 478),
+        ("william-farquhar-ought-to-be-honoured-as-the-rightful-founder-of-singapore_no-it-is-raffles-",
+         "112defbb0e49db425a7ed3e28de9a5b133c17f739fa9d0b8d08c9ee00facf785", 447),
+        ("william-farquhar-ought-to-be-honoured-as-the-rightful-founder-of-singapore_yes-of-course-",
+         "67addb83292e7e2d638edac70d2cc670e0b3d7ec19f57b101c8fd9ff975bab4e", 373))},
+}
+
+
+class RawFileError(ValueError):
+  """A raw file that cannot be read (bad encoding, corrupt archive, wrong header): one line naming it."""
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+  """The decoded text of a raw file (``.gz`` decompressed); errors name the file and the line."""
+  path = Path(path)
+  try:
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise RawFileError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+  try:
+    return data.decode(encoding)
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise RawFileError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def text_lines(text: str) -> list[str]:
+  """Lines as reading the file in text mode gives them (universal newlines, ``\\n`` kept)."""
+  return list(io.StringIO(text, newline=None))
+
+
+def count_rows(path: str | Path) -> int:
+  """Rows of a raw file, counted as :data:`PUBLISHED` records them (per file format)."""
+  path = Path(path)
+  text = read_text(path, "utf-8-sig")
+  if path.suffix == ".tsv":
+    return sum(1 for _ in csv.DictReader(io.StringIO(text), delimiter="\t"))
+  if path.suffix == ".csv":
+    rows = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    return max(sum(1 for r in rows if r) - 1, 0)
+  if path.suffix == ".txt":
+    return len(text.split("\n")) - text.endswith("\n") if text else 0
+  return sum(1 for line in text_lines(text) if line.strip())
+
 
 @dataclasses.dataclass
 class Report:
@@ -112,19 +217,17 @@ def _pairs_from_dialogues(dialogues: Iterable[tuple[int, str, str]], prefix: str
 def convert_hh(path: str | Path) -> tuple[list[dict], Report]:
   """Anthropic HH-RLHF ``*.jsonl(.gz)`` -> pairs (``id`` = ``hh-<index>``)."""
   path = Path(path)
-  opener = gzip.open if path.suffix == ".gz" else open
   report = Report(str(path))
   dialogues = []
-  with opener(path, "rt", encoding="utf-8") as f:
-    for i, line in enumerate(f):
-      if not line.strip():
-        continue
-      report.n_read += 1
-      try:
-        row = json.loads(line)
-        dialogues.append((i, row["chosen"], row["rejected"]))
-      except (ValueError, KeyError, TypeError):
-        report.drop("invalid_row", i)
+  for i, line in enumerate(text_lines(read_text(path))):
+    if not line.strip():
+      continue
+    report.n_read += 1
+    try:
+      row = json.loads(line)
+      dialogues.append((i, row["chosen"], row["rejected"]))
+    except (ValueError, KeyError, TypeError):
+      report.drop("invalid_row", i)
   return _pairs_from_dialogues(dialogues, "hh", report), report
 
 
@@ -284,7 +387,7 @@ def parse_korean_file(path: str | Path) -> tuple[list[tuple[int, str, str, str]]
   ``index`` is the 0-based line index (= English dialogue index); ``unparsed``
   lists 1-based line numbers of lines no rule could parse.
   """
-  text = Path(path).read_bytes().decode("utf-8")
+  text = read_text(path)
   lines = text.split("\n")
   if lines and lines[-1] == "":
     lines.pop()
@@ -345,31 +448,30 @@ def convert_comparisons(paths: Sequence[str | Path], prefix: str = "tldr") -> tu
   votes: dict[tuple, collections.Counter] = {}
   prompts: dict[str, str] = {}
   for path in paths:
-    with open(path, encoding="utf-8") as f:
-      for ln, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        report.n_read += 1
-        ref = f"{Path(path).name}:{ln}"
-        try:
-          row = json.loads(line)
-          texts = [s["text"].strip() for s in row["summaries"]]
-          info, choice = row["info"], int(row["choice"])
-          doc = (info.get("post") or info.get("article") or "").strip()
-          prompt, pid = fmt(info), str(info["id"])
-          if len(texts) != 2 or choice not in (0, 1):
-            raise ValueError("need 2 summaries and choice 0/1")
-        except (ValueError, KeyError, TypeError, AttributeError):
-          report.drop("invalid_row", ref)
-          continue
-        if not all(texts) or not doc:
-          report.drop("empty_text", ref)
-          continue
-        if texts[0] == texts[1]:
-          report.drop("identical_summaries", ref)
-          continue
-        votes.setdefault((pid, tuple(sorted(texts))), collections.Counter())[texts[choice]] += 1
-        prompts.setdefault(pid, prompt)
+    for ln, line in enumerate(text_lines(read_text(path)), 1):
+      if not line.strip():
+        continue
+      report.n_read += 1
+      ref = f"{Path(path).name}:{ln}"
+      try:
+        row = json.loads(line)
+        texts = [s["text"].strip() for s in row["summaries"]]
+        info, choice = row["info"], int(row["choice"])
+        doc = (info.get("post") or info.get("article") or "").strip()
+        prompt, pid = fmt(info), str(info["id"])
+        if len(texts) != 2 or choice not in (0, 1):
+          raise ValueError("need 2 summaries and choice 0/1")
+      except (ValueError, KeyError, TypeError, AttributeError):
+        report.drop("invalid_row", ref)
+        continue
+      if not all(texts) or not doc:
+        report.drop("empty_text", ref)
+        continue
+      if texts[0] == texts[1]:
+        report.drop("identical_summaries", ref)
+        continue
+      votes.setdefault((pid, tuple(sorted(texts))), collections.Counter())[texts[choice]] += 1
+      prompts.setdefault(pid, prompt)
   out = []
   for (post_id, (a, b)), c in votes.items():
     n = c[a] + c[b]
@@ -418,11 +520,10 @@ def convert_ukp(paths: Sequence[str | Path]) -> tuple[list[dict], Report]:
   for path in sorted(paths, key=lambda p: Path(p).name):
     path = Path(path)
     prompt = argument_prompt(*ukp_topic_stance(path.name))
-    rows = csv.reader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t",
-                      quoting=csv.QUOTE_NONE)
-    header = next(rows)
+    rows = csv.reader(io.StringIO(read_text(path)), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(rows, [])
     if header[:4] != ["#id", "label", "a1", "a2"]:
-      raise ValueError(f"{path}: unexpected header {header!r}")
+      raise RawFileError(f"{path}:1: unexpected header {header[:4]!r}, expected ['#id', 'label', 'a1', 'a2']")
     for ln, row in enumerate(rows, 2):
       if not row:
         continue
@@ -457,7 +558,7 @@ def convert_asap(path: str | Path) -> tuple[list[dict], Report]:
   """
   path = Path(path)
   report = Report(str(path))
-  text = path.read_bytes().decode("utf-8-sig")
+  text = read_text(path, "utf-8-sig")
   reader = csv.DictReader(io.StringIO(text), delimiter="\t")
   prompt = argument_prompt(ASAP1_TOPIC, ASAP1_STANCE)
   out = []
