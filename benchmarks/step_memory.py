@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for configs/
 from configs import base  # noqa: E402
 from dial_jax.models.decoder import DecoderConfig
 from dial_jax.models.reward import RewardModel
+from dial_jax.hf import load
 from dial_jax.train import loop, state as state_lib, step as step_lib
 from dial_jax.hf.load import init_variables
 
@@ -37,7 +38,7 @@ def measure(decoder: DecoderConfig, remat: str, dtype: str, pairs: int, seq_len:
   config = base.get_base_config()
   config.model.remat_policy, config.model.dtype = remat, dtype
   config.train.batch_size = pairs
-  model = RewardModel(decoder, lora=loop.lora_config(config), dtype=jnp.dtype(dtype), remat_policy=remat)
+  model = RewardModel(decoder, lora=load.lora_config(config), dtype=jnp.dtype(dtype), remat_policy=remat)
   variables = jax.jit(lambda: init_variables(model, 0))()
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   state, _ = state_lib.create_train_state(variables, config, decoder.num_layers, decoder.hidden_size, tx, critic_tx)

@@ -372,10 +372,11 @@ def build_dial_jax(config, example_batch: dict, *, donate: bool = True) -> dict:
   """Model, state, jitted step and batch shardings (for batches shaped like ``example_batch``), built as
   ``dial_jax.train.loop`` builds them."""
   from dial_jax import parallel
+  from dial_jax.hf import load
   from dial_jax.train import loop, state as state_lib, step as step_lib
 
   mesh = parallel.make_mesh(config.mesh)
-  model, variables, tokenizer, _ = loop.build_model(config)
+  model, variables, tokenizer, _ = load.build_model(config)
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   critic = state_lib.make_critic(config)
   shardings = parallel.variable_shardings(loop.abstract_variables(model), mesh)

@@ -22,7 +22,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.dir = os.environ.get("DIAL_DATA_DIR", "data")  # output of `python -m dial_jax.prepare`
   c.data.setting = "few_shot"       # subfolder of data.dir
-  c.data.max_length = 128          # CPU preset; texts keep their end (the response)
+  c.data.max_length = 128          # CPU preset
+  c.data.truncation = "end"         # end: a long text keeps its last tokens (the response); start: its first
   c.data.min_bucket = 64            # padded lengths are powers of two from here up to max_length
   c.data.packing = "auto"           # auto (= shared_prefix where supported, else none) | none | sequences | shared_prefix
   c.data.pack_row_length = 0        # packed row length; 0 = max_length
@@ -37,9 +38,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1
   c.train.optimizer = "adamw"       # adamw | sgd
   c.train.learning_rate = 5e-5
+  c.train.head_learning_rate = 0.0  # the reward head's own learning rate (same schedule); 0 = learning_rate
   c.train.lr_schedule = "cosine"    # constant | linear | cosine (after warm-up)
   c.train.warmup_steps = 0
-  c.train.weight_decay = 0.01
+  c.train.weight_decay = 0.01       # AdamW decay of matrices only (norm scales, biases and 1-D params are masked)
   c.train.max_grad_norm = 1.0       # 0 disables clipping
   c.train.trainable = "lora"        # lora | full | top_k
   c.train.top_k_layers = 2          # with trainable=top_k: the last k layers (+ final norm) train
@@ -49,11 +51,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 50
   c.train.keep_checkpoints = 2
   c.train.on_nonfinite = "skip"     # skip | stop
+  c.train.wandb_project = ""        # also log to this Weights & Biases project (pip install -e '.[wandb]')
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 64
   c.lora.alpha = 64.0
-  c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+  c.lora.targets = ("q_proj", "v_proj")  # PEFT's default targets for Gemma / Llama
 
   c.dial = ml_collections.ConfigDict()
   c.dial.mode = "dial"              # dial | source_only | oracle
@@ -64,6 +67,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dial.critic_iter = 3
   c.dial.critic_widths = (256, 128)
   c.dial.critic_activation = "none"  # none (what the authors' code really built) | gelu | relu
+  c.dial.critic_input_scale = "none"  # none (the authors') | rms: critic sees h / stop_gradient(RMS of the batch)
   c.dial.critic_learning_rate = 1e-4
   c.dial.critic_weight_decay = 1e-3
   c.dial.aux = "none"               # none | source_sft | target_ntp (auxiliary LM-loss baselines)
@@ -81,11 +85,13 @@ def paper_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.name = "google/gemma-2b"
   c.model.dtype = "bfloat16"
   c.data.max_length = 1024
+  c.data.truncation = "start"       # the authors keep the start of long texts
   c.data.max_eval_examples = 0
   c.data.eval_batch_size = 32
-  c.train.batch_size = 2
+  c.train.batch_size = 4            # 2 pairs per domain per micro-batch, accumulated over 2 micro-batches
   c.train.grad_accum_steps = 2
   c.train.learning_rate = 5e-5
+  c.train.lr_schedule = "constant"
   c.train.weight_decay = 0.01
   c.train.trainable = "lora"
   c.lora.rank = 64

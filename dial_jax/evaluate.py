@@ -10,7 +10,8 @@ import json
 from absl import app, flags
 
 from dial_jax.data import pipeline
-from dial_jax.inference import Scorer, evaluate_domain
+from dial_jax import workdir
+from dial_jax.inference import evaluate_domain
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Training workdir, HF model directory, bundled name or hub id.", required=True)
@@ -23,7 +24,7 @@ flags.DEFINE_bool("skip_bad_rows", False, "Skip malformed rows (reported) instea
 
 def main(argv):
   del argv
-  scorer = Scorer.from_pretrained(FLAGS.model, batch_size=FLAGS.batch_size, max_length=FLAGS.max_length)
+  scorer = workdir.scorer_for(FLAGS.model, batch_size=FLAGS.batch_size, max_length=FLAGS.max_length)
   domain = pipeline.load_domain(FLAGS.data, scorer.tokenizer, FLAGS.max_length, skip_bad_rows=FLAGS.skip_bad_rows,
                                 limit=FLAGS.limit)
   result = {"data": FLAGS.data, "model": FLAGS.model, **evaluate_domain(scorer, domain),

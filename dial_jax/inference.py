@@ -31,11 +31,8 @@ class Scorer:
 
   @classmethod
   def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32, **kwargs) -> "Scorer":
-    """From a training workdir, an HF directory, a bundled model name or a hub id (see ``dial_jax.hf.load``)."""
-    from dial_jax import workdir
-    if workdir.is_workdir(name_or_path):
-      model, variables, tokenizer, *_ = workdir.load_trained(name_or_path)
-      return cls(model, variables, tokenizer, **kwargs)
+    """From an HF directory, a bundled model name or a hub id (see ``dial_jax.hf.load``); a training workdir is
+    read by ``dial_jax.workdir.load_scorer``."""
     model, variables, model_dir = load.load_reward_model(name_or_path, dtype=dtype)
     return cls(model, variables, load.load_tokenizer(model_dir), **kwargs)
 
@@ -45,11 +42,11 @@ class Scorer:
     return self.score_tokens(token_lists, progress=progress, return_embeddings=return_embeddings)
 
   def score_tokens(self, token_lists: Sequence[Sequence[int]], *, progress: bool = False,
-                   return_embeddings: bool = False):
+                   return_embeddings: bool = False, desc: str = "scoring"):
     """Like :meth:`score` for already tokenized texts."""
     rewards = np.zeros(len(token_lists), np.float32)
     embeddings = None
-    bar = tqdm(total=len(token_lists), desc="scoring", unit="text", disable=not progress)
+    bar = tqdm(total=len(token_lists), desc=desc, unit="text", disable=not progress, dynamic_ncols=True)
     for idx in batching.length_sorted_batches([len(t) for t in token_lists], self.batch_size):
       length = batching.bucket_for(max(len(token_lists[i]) for i in idx), self.buckets)
       ids, mask = batching.pad([token_lists[i] for i in idx], length, self.pad_id, rows=self.batch_size)
@@ -67,14 +64,33 @@ class Scorer:
     return (rewards, embeddings) if return_embeddings else rewards
 
 
-def evaluate_domain(scorer: Scorer, domain) -> dict[str, float]:
-  """Pairwise accuracy (pairs) or Pearson/Spearman with the human score (scored texts) of one split."""
+def evaluate_domain(scorer: Scorer, domain, *, progress: bool = False, desc: str = "eval",
+                    keep_scores: bool = False) -> dict[str, float]:
+  """Pairwise accuracy (pairs) or Pearson/Spearman with the human score (scored texts) of one split, each with a
+  95 % interval (Wilson for accuracy, Fisher z for correlations) and its chance level. Non-finite rewards are
+  counted and reported (``nonfinite_rewards``) and the metric is then None, never silently scored as wrong.
+  ``keep_scores`` adds the per-example ``margins`` (chosen - rejected) or ``rewards`` (for paired bootstraps)."""
   if domain.kind == "pairs":
-    rewards = scorer.score_tokens(list(domain.chosen) + list(domain.rejected))
+    rewards = scorer.score_tokens(list(domain.chosen) + list(domain.rejected), progress=progress, desc=desc)
     n = len(domain.chosen)
     chosen, rejected = rewards[:n], rewards[n:]
-    return {"accuracy": metrics.pairwise_accuracy(chosen, rejected), "margin": float(np.mean(chosen - rejected)),
-            "n": n}
-  rewards = scorer.score_tokens(domain.texts)
-  return {"pearson": metrics.pearson(rewards, domain.scores), "spearman": metrics.spearman(rewards, domain.scores),
-          "n": len(domain.texts)}
+    bad = int(np.sum(~np.isfinite(chosen) | ~np.isfinite(rejected)))
+    if bad:
+      return {"accuracy": None, "nonfinite_rewards": bad, "n": n, "chance": 0.5}
+    acc = metrics.pairwise_accuracy(chosen, rejected)
+    out = {"accuracy": acc, "accuracy_ci95": list(metrics.wilson_interval(acc, n)), "chance": 0.5,
+           "margin": float(np.mean(chosen - rejected)), "n": n}
+    if keep_scores:
+      out["margins"] = (chosen - rejected).tolist()
+    return out
+  rewards = scorer.score_tokens(domain.texts, progress=progress, desc=desc)
+  n = len(domain.texts)
+  bad = int(np.sum(~np.isfinite(rewards)))
+  if bad:
+    return {"pearson": None, "spearman": None, "nonfinite_rewards": bad, "n": n, "chance": 0.0}
+  pearson, spearman = metrics.pearson(rewards, domain.scores), metrics.spearman(rewards, domain.scores)
+  out = {"pearson": pearson, "pearson_ci95": list(metrics.fisher_interval(pearson, n)), "spearman": spearman,
+         "spearman_ci95": list(metrics.fisher_interval(spearman, n)), "chance": 0.0, "n": n}
+  if keep_scores:
+    out["rewards"] = rewards.tolist()
+  return out

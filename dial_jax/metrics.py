@@ -39,6 +39,25 @@ def spearman(x, y) -> float:
   return pearson(rankdata(x), rankdata(y))
 
 
+def wilson_interval(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+  """Wilson score 95 % interval of a proportion ``p`` over ``n`` trials (ties counted as halves)."""
+  if n <= 0:
+    return (0.0, 1.0)
+  denom = 1 + z * z / n
+  centre = (p + z * z / (2 * n)) / denom
+  half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  return (float(max(centre - half, 0.0)), float(min(centre + half, 1.0)))
+
+
+def fisher_interval(r: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+  """95 % interval of a correlation ``r`` over ``n`` pairs by Fisher's z transform (needs n > 3)."""
+  if n <= 3:
+    return (-1.0, 1.0)
+  zr = np.arctanh(np.clip(r, -0.999999, 0.999999))
+  half = z / np.sqrt(n - 3)
+  return (float(np.tanh(zr - half)), float(np.tanh(zr + half)))
+
+
 class MetricWriter:
   """Appends one JSON object per line to ``<workdir>/metrics.jsonl`` (only where ``enabled``)."""
 

@@ -82,8 +82,8 @@ def read_rows(path: str, skip_bad_rows: bool) -> tuple[list[dict], list[str], in
 
 def load_scorer(model: str, batch_size: int, max_length: int, dtype: str):
   import jax.numpy as jnp
-  from dial_jax.inference import Scorer
-  return Scorer.from_pretrained(model, dtype=jnp.dtype(dtype), batch_size=batch_size, max_length=max_length)
+  from dial_jax import workdir
+  return workdir.scorer_for(model, dtype=jnp.dtype(dtype), batch_size=batch_size, max_length=max_length)
 
 
 def main(argv):

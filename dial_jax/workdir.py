@@ -1,4 +1,8 @@
-"""Load the trained reward model of a training workdir (its config.json plus a checkpoint)."""
+"""Read a training workdir: its own saved config (``config.json``) plus a checkpoint's trained weights.
+
+Every reader of a workdir (``score``, ``evaluate``, ``export``) goes through here, so all of them use the run's
+saved config, never the command line's.
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from dial_jax.hf import load
+from dial_jax.inference import Scorer
 from dial_jax.train import state as state_lib
 
 
@@ -21,16 +27,37 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
 
 
+def checkpoint_steps(workdir) -> list[int]:
+  """The steps of the workdir's finished checkpoints (orbax renames a checkpoint into place once complete)."""
+  root = Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+
+
 def load_trained(workdir, step: int | None = None):
   """(model, variables, tokenizer, model_dir, config, step) with the checkpoint's trained weights merged in."""
-  from dial_jax.train.loop import build_model  # local: loop imports the data pipeline
   config = load_config(workdir)
-  model, variables, tokenizer, model_dir = build_model(config)
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"{workdir}: no checkpoint to load")
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"{workdir}: no checkpoint at step {step}; available steps: {steps}")
+  model, variables, tokenizer, model_dir = load.build_model(config)
   manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints")
   step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint to load")
   restored = manager.restore(step, args=ocp.args.StandardRestore())
   manager.close()
   trained = jax.tree.map(jnp.asarray, restored["trainable"])
   return model, state_lib.merge(trained, variables), tokenizer, model_dir, config, step
+
+
+def load_scorer(workdir, step: int | None = None, **kwargs) -> Scorer:
+  """A :class:`Scorer` of a workdir's trained reward model (``kwargs``: batch_size, max_length, mesh)."""
+  model, variables, tokenizer, *_ = load_trained(workdir, step)
+  return Scorer(model, variables, tokenizer, **kwargs)
+
+
+def scorer_for(name_or_path, *, dtype=jnp.float32, **kwargs) -> Scorer:
+  """A training workdir, an HF directory, a bundled name or a hub id -> its :class:`Scorer`."""
+  if is_workdir(name_or_path):
+    return load_scorer(name_or_path, **kwargs)
+  return Scorer.from_pretrained(name_or_path, dtype=dtype, **kwargs)

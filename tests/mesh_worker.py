@@ -15,6 +15,7 @@ import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 
 from dial_jax import parallel  # noqa: E402
+from dial_jax.hf import load  # noqa: E402
 from dial_jax.train import loop, state as state_lib, step as step_lib  # noqa: E402
 from tests import helpers  # noqa: E402
 
@@ -65,7 +66,7 @@ def main(model_dir, data_dir, steps, *meshes):
       "train.batch_size": 8, "train.trainable": "full", "train.optimizer": "sgd", "train.learning_rate": 1e-2,
       "train.max_grad_norm": 0.0, "lora.rank": 0})
   config.data.packing = os.environ.get("DIAL_TEST_PACKING", "none")
-  model, variables, tokenizer, _ = loop.build_model(config)
+  model, variables, tokenizer, _ = load.build_model(config)
   source, target, _ = loop.load_data(config, tokenizer)
 
   def batches_for(mesh):

@@ -48,7 +48,7 @@ def mesh_runs(dirs):
 
 def assert_same_run(a, b):
   for ma, mb in zip(a["history"], b["history"]):
-    for key in ("loss", "source_loss", "target_loss", "wasserstein", "gradient_penalty", "grad_norm", "reward_mean"):
+    for key in ("loss", "source_loss", "monitor/target_loss", "wasserstein", "gradient_penalty", "grad_norm", "reward_mean"):
       np.testing.assert_allclose(ma[key], mb[key], atol=1e-5, rtol=1e-5, err_msg=key)
   for key in a["params"]:
     np.testing.assert_allclose(a["params"][key], b["params"][key], atol=1e-5, rtol=0, err_msg=key)

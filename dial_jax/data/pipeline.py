@@ -45,9 +45,32 @@ def file_kind(path: str | Path) -> str:
   return "pairs"
 
 
+def subset_indices(groups: Sequence, limit: int, seed: int) -> np.ndarray:
+  """A seeded random draw of ``limit`` row indices, stratified by group (each group contributes in proportion to
+  its size), returned in file order. ``groups`` holds one label per row (e.g. a topic; the row id where a file has
+  no groups)."""
+  n = len(groups)
+  if not limit or limit >= n:
+    return np.arange(n)
+  rng = np.random.default_rng([seed, n, limit])
+  labels, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+  perm = rng.permutation(n)
+  # Systematic stratified sampling: item k of a shuffled group of size m gets key (k + u) / m.
+  rank = np.empty(n, np.float64)
+  sizes = np.bincount(inverse, minlength=len(labels)).astype(np.float64)
+  seen = np.zeros(len(labels), np.int64)
+  for i in perm:
+    rank[i] = seen[inverse[i]]
+    seen[inverse[i]] += 1
+  keys = (rank + rng.random(n)) / sizes[inverse]
+  return np.sort(np.argsort(keys, kind="stable")[:limit])
+
+
 def load_domain(path: str | Path, tokenizer, max_length: int, *, skip_bad_rows: bool = False,
-                limit: int = 0) -> Domain:
-  """Load (through ``datasets``, validating every row) and tokenize a canonical JSONL split."""
+                limit: int = 0, seed: int = 0, truncation: str = "end") -> Domain:
+  """Load (through ``datasets``, validating every row) and tokenize a canonical JSONL split. ``limit`` keeps a
+  seeded random subset (:func:`subset_indices`, stratified by the ``group`` column where the file has one);
+  ``truncation`` says which end of an over-long text survives (see :func:`dial_jax.data.tokenize.encode`)."""
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run `python -m dial_jax.prepare --out_dir=...` and point "
@@ -55,18 +78,21 @@ def load_domain(path: str | Path, tokenizer, max_length: int, *, skip_bad_rows: 
   kind = file_kind(path)
   loader = dio.load_scored if kind == "scored" else dio.load_pairs
   ds, skipped = loader(path, skip_bad_rows=skip_bad_rows)
-  if limit:
-    ds = ds.select(range(min(limit, len(ds))))
+  if limit and limit < len(ds):
+    groups = ds["group"] if "group" in ds.column_names else ds["id"]
+    groups = [g if g is not None else i for g, i in zip(groups, ds["id"])]
+    ds = ds.select(subset_indices(groups, limit, seed))
   domain = Domain(name=path.stem, kind=kind, n_skipped=skipped)
   if kind == "pairs":
     domain.chosen = tokenize.encode(tokenizer, [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_chosen"])],
-                                    max_length)
+                                    max_length, truncation)
     domain.rejected = tokenize.encode(
-        tokenizer, [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_rejected"])], max_length)
+        tokenizer, [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_rejected"])], max_length,
+        truncation)
   else:
     prompts = ds["prompt"] if "prompt" in ds.column_names else [None] * len(ds)
     domain.texts = tokenize.encode(tokenizer, [tokenize.join(p or "", t) for p, t in zip(prompts, ds["text"])],
-                                   max_length)
+                                   max_length, truncation)
     domain.scores = np.asarray(ds["score"], np.float32)
   return domain
 
@@ -170,12 +196,19 @@ class PairedBatches:
                                        row_length=self.pack_row_length,
                                        share_prefix=self.packing_mode == "shared_prefix")
     num_rows = packing.round_up(max(len(r) for r in rows.values()), self.pack_rows_multiple)
-    out = {k: [] for k in packing.PACKED_KEYS + ("target_pair_weight",)}
+    out = {k: [] for k in packing.PACKED_KEYS + ("packed_sequence_order", "target_pair_weight")}
+    slots = 4 * per_proc
+    # Global numbering, computed here so the step needs no process count: this process's rows follow those of
+    # the processes before it, and its sequence of part k, pair j goes to position k * micro + p * per_proc + j.
+    part, pair = np.divmod(np.arange(slots), per_proc)
+    order = (part * self.micro + self.process_index * per_proc + pair).astype(np.int32)
     for m in range(self.accum):
-      arrays = packing.to_arrays(rows[m, self.process_index], 4 * per_proc, num_rows=num_rows,
-                                 row_length=self.pack_row_length, slots=4 * per_proc, pad_id=self.pad_id)
+      arrays = packing.to_arrays(rows[m, self.process_index], slots, num_rows=num_rows,
+                                 row_length=self.pack_row_length, slots=slots, pad_id=self.pad_id)
+      arrays["sequence_slots"] = arrays["sequence_slots"] + self.process_index * num_rows * slots
       for k, v in arrays.items():
         out[f"packed_{k}"].append(v)
+      out["packed_sequence_order"].append(order)
       start = m * self.micro + self.process_index * per_proc
       out["target_pair_weight"].append(t_w[start:start + per_proc])
     return {k: np.stack(v) for k, v in out.items()}

@@ -14,12 +14,15 @@ def join(prompt: str, response: str) -> str:
   return prompt + sep + response
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "end") -> list[list[int]]:
   """Token ids per text (with the tokenizer's special tokens, e.g. Gemma's <bos>).
 
-  A text longer than ``max_length`` keeps its first special token and its *last* tokens: a reward is read at
-  the end of the response, so the end must survive truncation.
+  A text longer than ``max_length`` keeps its first special token and then its *last* tokens (``truncation="end"``:
+  a reward is read at the end of the response, so the end survives) or its *first* tokens (``"start"``, as the DIAL
+  authors did, e.g. for long essays whose opening carries the content).
   """
+  if truncation not in ("end", "start"):
+    raise ValueError(f"truncation must be 'end' or 'start', got {truncation!r}")
   if not texts:
     return []
   encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
@@ -27,7 +30,10 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
   out = []
   for ids in encoded:
     if len(ids) > max_length:
-      keep_bos = bos is not None and ids[0] == bos
-      ids = ([bos] + ids[len(ids) - max_length + 1:]) if keep_bos else ids[len(ids) - max_length:]
+      if truncation == "start":
+        ids = ids[:max_length]
+      else:
+        keep_bos = bos is not None and ids[0] == bos
+        ids = ([bos] + ids[len(ids) - max_length + 1:]) if keep_bos else ids[len(ids) - max_length:]
     out.append(ids)
   return out

@@ -1,4 +1,4 @@
-"""The experiment grid: selection runs on target_val, then source-only / DIAL / oracle / alternative losses x seeds.
+"""The experiment grid: frozen-feature baselines, then per seed source-only, DIAL at each candidate lambda, oracle.
 
 Every finished run appends one JSON line to the results file (flushed and fsynced); a run whose ``run_id`` is
 already there is skipped, so an interrupted grid resumes where it stopped and loses one run at most.
@@ -19,17 +19,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec
 
-from dial_jax.data import batching, pipeline
-from dial_jax.experiments import prefix_cache
+from dial_jax import config as config_lib
+from dial_jax import metrics, parallel
+from dial_jax.data import pipeline
+from dial_jax.experiments import baselines, prefix_cache
 from dial_jax.hf import load
-from dial_jax.inference import Scorer, evaluate_domain
-from dial_jax.train import state as state_lib
-from dial_jax.train import step as step_lib
+from dial_jax.inference import Scorer
+from dial_jax.train import loop, writers
 
-SPLITS = ("source_train", "target_train", "target_val", "target_test")
-EVAL_SPLITS = ("target_val", "target_test")
+SPLITS = ("source_train", "source_val", "target_train", "target_val", "target_test")
+EVAL_SPLITS = ("target_val", "target_test", "source_val", "source_train")  # source_train: few-shot's only source check
 EMBEDDING_ROWS = 150  # texts per domain in the saved embeddings (figure)
 
 
@@ -38,12 +38,12 @@ class RunSpec:
   """One training run of the grid. Selection runs are ordinary runs with seed 0: the main table reuses them."""
 
   setting: str
-  mode: str           # source_only | dial | oracle
+  mode: str           # frozen_source | frozen_oracle | source_only | dial | oracle
   domain_loss: str
   lambda_: float
   learning_rate: float
   seed: int
-  variant: str = ""   # an exploratory override "section.key=value" on top of the chosen configuration
+  variant: str = ""   # overrides "section.key=value[,section.key=value]" on top of the grid's configuration
 
   @property
   def run_id(self) -> str:
@@ -106,14 +106,26 @@ class SettingData:
   sizes: dict[str, int]
 
 
+def setting_options(exp: ml_collections.ConfigDict, setting: str) -> tuple[int, str]:
+  """(max_length, truncation) of a setting: the grid's, unless ``exp.setting_overrides`` changes them."""
+  extra = dict(exp.setting_overrides.get(setting, {}))
+  return extra.get("max_length", exp.max_length), extra.get("truncation", exp.truncation)
+
+
 def prepare_setting(exp: ml_collections.ConfigDict, setting: str, *, base_model=None) -> SettingData:
-  """Load and tokenize the splits, then load (or compute once) the prefix cache of the frozen layers."""
+  """Load and tokenize the splits (seeded, group-stratified subsets of ``exp.limits``), then load (or compute once)
+  the prefix cache of the frozen layers."""
   model, variables, model_dir = base_model or load.load_reward_model(exp.model)
   tokenizer = load.load_tokenizer(model_dir)
+  max_length, truncation = setting_options(exp, setting)
   root = Path(exp.data_dir) / setting
   domains = {}
   for split in SPLITS:
-    domain = pipeline.load_domain(root / f"{split}.jsonl", tokenizer, exp.max_length, limit=exp.limits[split])
+    path = root / f"{split}.jsonl"
+    if split == "source_val" and (not path.exists() or not path.read_text().strip()):
+      continue  # few-shot has no source validation split
+    domain = pipeline.load_domain(path, tokenizer, max_length, limit=exp.limits[split], seed=exp.data_seed,
+                                  truncation=truncation)
     if domain.n_skipped:
       logging.warning("%s/%s: skipped %d bad rows", setting, split, domain.n_skipped)
     domains[split] = domain
@@ -121,11 +133,11 @@ def prepare_setting(exp: ml_collections.ConfigDict, setting: str, *, base_model=
   cfg = model.config
   bottom_cfg, top_cfg = prefix_cache.split_config(cfg, exp.top_layers)
   bottom, top = prefix_cache.split_params(variables["params"], cfg.num_layers, exp.top_layers)
-  key = prefix_cache.fingerprint(token_lists, exp.model, exp.top_layers, exp.max_length)
+  key = prefix_cache.fingerprint(token_lists, exp.model, exp.top_layers, max_length)
   path = Path(exp.cache_dir) / f"{setting}-{key}.npy"
   cache, seconds = prefix_cache.load_or_compute(path, lambda: prefix_cache.compute_prefix_cache(
       bottom_cfg, bottom, token_lists, pad_id=cfg.pad_token_id, batch_size=exp.cache_batch_size,
-      max_length=exp.max_length, min_bucket=exp.train_config.data.min_bucket))
+      max_length=max_length, min_bucket=exp.train_config.data.min_bucket))
   logging.info("%s: prefix cache %s (%d rows), computed in %s s", setting, path, cache.shape[0],
                "?" if seconds is None else f"{seconds:.0f}")
   reindexed = dict(zip(domains, prefix_cache.reindex(list(domains.values()))))
@@ -136,14 +148,17 @@ def prepare_setting(exp: ml_collections.ConfigDict, setting: str, *, base_model=
 def run_config(exp: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(exp.train_config.to_dict())
   c.data.setting = spec.setting
-  c.dial.mode, c.dial.domain_loss, c.dial.lambda_ = spec.mode, spec.domain_loss, spec.lambda_
+  c.data.max_length, c.data.truncation = setting_options(exp, spec.setting)
+  frozen = spec.mode.startswith("frozen_")  # baselines train nothing; their config is source-only's
+  c.dial.mode = "source_only" if frozen else spec.mode
+  c.dial.domain_loss, c.dial.lambda_ = ("wdgrl" if frozen else spec.domain_loss), spec.lambda_
   c.train.learning_rate, c.train.seed, c.model.head_seed = spec.learning_rate, spec.seed, spec.seed
-  if spec.variant:
-    key, _, value = spec.variant.partition("=")
+  for override in filter(None, spec.variant.split(",")):
+    key, _, value = override.partition("=")
     section, name = key.split(".")
     old = c[section][name]
     c[section][name] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")
-  return c
+  return config_lib.validate(c)
 
 
 def _embeddings(scorer: Scorer, domain: pipeline.Domain) -> np.ndarray:
@@ -151,96 +166,62 @@ def _embeddings(scorer: Scorer, domain: pipeline.Domain) -> np.ndarray:
   return scorer.score_tokens(texts, return_embeddings=True)[1]
 
 
+def initial_variables(data: SettingData, config: ml_collections.ConfigDict) -> dict:
+  """The top model's starting point: the frozen top layer(s) and a fresh head drawn from ``model.head_seed``."""
+  hidden = data.model.config.hidden_size
+  head = jax.random.normal(jax.random.PRNGKey(config.model.head_seed), (hidden, 1), jnp.float32) * 0.02
+  return prefix_cache.top_variables(data.cache, data.top_backbone, head)
+
+
 def train_run(data: SettingData, config: ml_collections.ConfigDict, *, save_embeddings: Path | None = None) -> dict:
-  """Train the top model with the DIAL train step per ``config``; evaluate on the target splits."""
-  step_lib.validate(config)
+  """Train the top model through the one training loop (``dial_jax.train.loop.train``) per ``config``; evaluate on
+  the eval splits, keeping the test split's per-example scores for paired bootstraps."""
+  config_lib.validate(config)
   start = time.time()
   model = data.model
-  hidden = model.config.hidden_size
-  head = jax.random.normal(jax.random.PRNGKey(config.model.head_seed), (hidden, 1), jnp.float32) * 0.02
-  variables = prefix_cache.top_variables(data.cache, data.top_backbone, head)
-  tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
-  critic = state_lib.make_critic(config)
-  state, shardings = state_lib.create_train_state(variables, config, model.config.num_layers, hidden, tx, critic_tx)
-  batches = pipeline.PairedBatches(
-      data.domains["source_train"], data.domains["target_train"], batch_size=config.train.batch_size,
-      grad_accum_steps=config.train.grad_accum_steps,
-      buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
-      pad_id=model.config.pad_token_id, seed=config.train.seed)
-  step_fn = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=shardings,
-                                     batch_sharding=NamedSharding(shardings.step.mesh, PartitionSpec()))
-  scorer = Scorer(model, variables, None, batch_size=config.data.eval_batch_size, max_length=config.data.max_length)
+  variables = initial_variables(data, config)
   before = None
   if save_embeddings is not None:
+    scorer = Scorer(model, variables, None, batch_size=config.data.eval_batch_size, max_length=config.data.max_length)
     before = {d: _embeddings(scorer, data.domains[d]) for d in ("source_train", "target_val")}
-
-  history, n_nonfinite = [], 0
-  for step in range(config.train.num_steps):
-    state, metrics = step_fn(state, batches.batch(step))
-    if int(metrics["nonfinite"]):
-      n_nonfinite += 1
-    if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.num_steps:
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      history.append({"step": step + 1, **{k: m[k] for k in ("loss", "source_loss", "domain_loss", "wasserstein",
-                                                               "source_accuracy", "target_accuracy") if k in m}})
+  memory = writers.MemoryWriter()
+  evals = {split: data.domains[split] for split in EVAL_SPLITS if split in data.domains}
+  outcome = loop.train(config, model, variables, data.domains["source_train"], data.domains["target_train"], evals,
+                       mesh=parallel.make_mesh(config.mesh), pad_id=model.config.pad_token_id, writer=memory,
+                       progress=False, keep_eval_scores=True)
   train_seconds = time.time() - start
-  scorer.variables = state_lib.merge(state.trainable, state.frozen)
-  evals = {split: evaluate_domain(scorer, data.domains[split]) for split in EVAL_SPLITS}
+  history = [{k: v for k, v in row.items() if k != "kind"} for row in memory.rows if row["kind"] == "train"]
   if save_embeddings is not None:
+    scorer = Scorer(model, outcome.variables, None, batch_size=config.data.eval_batch_size,
+                    max_length=config.data.max_length)
     after = {d: _embeddings(scorer, data.domains[d]) for d in ("source_train", "target_val")}
     save_embeddings.parent.mkdir(parents=True, exist_ok=True)
     np.savez(save_embeddings, **{f"before_{k}": v for k, v in before.items()},
              **{f"after_{k}": v for k, v in after.items()})
-  return {"eval": evals, "history": history, "nonfinite_steps": n_nonfinite, "train_seconds": train_seconds,
+  evals = outcome.results["eval"]
+  scores = {split: evals[split].pop("margins", None) or evals[split].pop("rewards", None) for split in evals}
+  return {"eval": evals, "test_scores": scores.get("target_test"), "history": history,
+          "nonfinite_steps": outcome.results["skipped_nonfinite_steps"], "train_seconds": train_seconds,
           "seconds": time.time() - start}
 
 
 # ---------------------------------------------------------------------------------------------- the grid
 
 
-def _best(rows: list[dict], key: Callable[[dict], Any], candidates: list) -> Any:
-  """The candidate whose seed-0 run has the best target_val metric (ties: the earlier); None until all ran."""
-  scores = {key(r): target_metric(r) for r in rows if r["seed"] == 0 and not r.get("variant")}
-  if any(c not in scores for c in candidates):
-    return None
-  return max(candidates, key=lambda c: (scores[c], -candidates.index(c)))
-
-
-def selections(exp: ml_collections.ConfigDict, setting: str, rows: list[dict]) -> tuple[float | None, float | None]:
-  """(learning rate, lambda) chosen on target_val from the setting's finished runs (None while undecided)."""
-  mine = [r for r in rows if r["setting"] == setting]
-  lr = _best([r for r in mine if r["mode"] == "source_only"], lambda r: r["learning_rate"],
-             list(exp.select_learning_rates))
-  if lr is None:
-    return None, None
-  lam = _best([r for r in mine if r["mode"] == "dial" and r["domain_loss"] == "wdgrl" and r["learning_rate"] == lr],
-              lambda r: r["lambda"], list(exp.select_lambdas))
-  return lr, lam
-
-
-def grid(exp: ml_collections.ConfigDict, setting: str, rows: list[dict]) -> Iterator[RunSpec]:
-  """The runs of one setting in order; later ones need the selections that earlier rows settle."""
-  for lr in exp.select_learning_rates:
-    yield RunSpec(setting, "source_only", "wdgrl", 0.0, lr, 0)
-  lr, lam = selections(exp, setting, rows)
-  if lr is None:
-    return
-  for lam_i in exp.select_lambdas:
-    yield RunSpec(setting, "dial", "wdgrl", lam_i, lr, 0)
-  if lam is None:
-    return
+def grid(exp: ml_collections.ConfigDict, setting: str) -> Iterator[RunSpec]:
+  """The runs of one setting, seed by seed: frozen-feature baselines, then per seed source-only, DIAL at every
+  candidate lambda (so both selection rules pick from finished runs) and oracle; then the variants."""
+  lr = exp.train_config.train.learning_rate
+  yield RunSpec(setting, "frozen_source", "none", 0.0, lr, 0)
+  yield RunSpec(setting, "frozen_oracle", "none", 0.0, lr, 0)
   for seed in exp.seeds:
     yield RunSpec(setting, "source_only", "wdgrl", 0.0, lr, seed)
-    yield RunSpec(setting, "dial", "wdgrl", lam, lr, seed)
-  for seed in exp.oracle_seeds:
+    for lam in exp.lambdas:
+      yield RunSpec(setting, "dial", "wdgrl", lam, lr, seed)
     yield RunSpec(setting, "oracle", "wdgrl", 0.0, lr, seed)
-  if setting in exp.alt_settings:
-    for loss in exp.alt_domain_losses:
-      for seed in exp.alt_seeds:
-        yield RunSpec(setting, "dial", loss, lam, lr, seed)
-  if setting in exp.explore_settings:
-    for variant in exp.explore_variants:
-      yield RunSpec(setting, "dial", "wdgrl", lam, lr, 0, variant)
+  for variant, lam in exp.variants:
+    for seed in exp.variant_seeds:
+      yield RunSpec(setting, "dial", "wdgrl", lam, lr, seed, variant)
 
 
 def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
@@ -248,17 +229,12 @@ def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
   return Path(exp.artifacts_dir) / (spec.run_id.replace("/", "_") + ".npz")
 
 
-PADDED_ONLY_KEYS = ("packing", "pack_row_length", "pack_rows_multiple")
-
-
 def grid_fingerprint(exp: ml_collections.ConfigDict) -> str:
   """Hash of everything that defines a run besides its RunSpec: rows made under other settings never count."""
-  parts = {k: exp[k] for k in ("model", "top_layers", "max_length")}
+  parts = {k: exp[k] for k in ("model", "top_layers", "max_length", "truncation", "data_seed")}
   parts["limits"] = exp.limits.to_dict()
-  train_config = exp.train_config.to_dict()
-  for key in PADDED_ONLY_KEYS:  # the grid's batches are always padded (see train_run), so these change nothing
-    train_config["data"].pop(key, None)
-  parts["train_config"] = train_config
+  parts["setting_overrides"] = exp.setting_overrides.to_dict()
+  parts["train_config"] = exp.train_config.to_dict()
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -273,6 +249,56 @@ def git_commit() -> str:
     return "unknown"
 
 
+def frozen_run(data: SettingData, config: ml_collections.ConfigDict, oracle: bool) -> dict:
+  """The frozen-feature baseline: pairwise logistic regression on the untrained model's last-token features,
+  fitted on the source pairs (``oracle``: on the target pairs, with their labels); L2 chosen on the fit split's
+  validation (source_val, else target_val for the oracle, else a fixed 1e-2)."""
+  start = time.time()
+  scorer = Scorer(data.model, initial_variables(data, config), None, batch_size=config.data.eval_batch_size,
+                  max_length=config.data.max_length)
+  features = {}
+
+  def diffs(split):
+    d = data.domains[split]
+    if split not in features:
+      if d.kind == "pairs":
+        _, h = scorer.score_tokens(list(d.chosen) + list(d.rejected), return_embeddings=True)
+        features[split] = (h[:len(d)], h[len(d):])
+      else:
+        features[split] = (scorer.score_tokens(d.texts, return_embeddings=True)[1], None)
+    h, h_r = features[split]
+    if h_r is not None:
+      return h - h_r, np.ones(len(h))
+    hi, lo, w = baselines.scored_pairs(d.scores, 4 * len(d), seed=config.train.seed)
+    return h[hi] - h[lo], w
+
+  fit_split = "target_train" if oracle else "source_train"
+  val_split = "target_val" if oracle else ("source_val" if "source_val" in data.domains else None)
+  x, w = diffs(fit_split)
+  scale = float(np.sqrt(np.mean(np.sum(x * x, axis=1)))) or 1.0
+  l2 = baselines.choose_l2(x / scale, w, diffs(val_split)[0] / scale) if val_split else 1e-2
+  coef = baselines.fit_pairwise_logreg(x / scale, w, l2) / scale
+  evals, scores = {}, {}
+  for split in EVAL_SPLITS:
+    if split not in data.domains:
+      continue
+    d = data.domains[split]
+    if d.kind == "pairs":
+      diffs(split)
+      margins = (features[split][0] - features[split][1]) @ coef
+      acc = baselines.pairwise_accuracy(margins)
+      evals[split] = {"accuracy": acc, "n": len(d), "chance": 0.5}
+      scores[split] = margins.tolist()
+    else:
+      diffs(split)
+      rewards = features[split][0] @ coef
+      evals[split] = {"pearson": metrics.pearson(rewards, d.scores), "spearman": metrics.spearman(rewards, d.scores),
+                      "n": len(d), "chance": 0.0}
+      scores[split] = rewards.tolist()
+  return {"eval": evals, "test_scores": scores.get("target_test"), "history": [], "nonfinite_steps": 0,
+          "l2": l2, "train_seconds": 0.0, "seconds": time.time() - start}
+
+
 def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: int = 0) -> int:
   """Run every missing run of the grid (settings in order); returns how many ran."""
   results = Path(exp.results)
@@ -282,34 +308,33 @@ def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: in
   for setting in exp.settings:
     if only_settings and setting not in only_settings:
       continue
-    data = None
-    while True:
-      rows = [r for r in read_results(results) if r.get("grid") == fingerprint]
-      done = {r["run_id"] for r in rows}
-      todo = [s for s in grid(exp, setting, rows) if s.run_id not in done]
-      if not todo:
-        break
+    done = {r["run_id"] for r in read_results(results) if r.get("grid") == fingerprint}
+    todo = [s for s in grid(exp, setting) if s.run_id not in done]
+    if not todo:
+      continue
+    base_model = base_model or load.load_reward_model(exp.model)
+    data = prepare_setting(exp, setting, base_model=base_model)
+    for spec in todo:
       if max_runs and ran >= max_runs:
         return ran
-      spec = todo[0]
-      if data is None:
-        base_model = base_model or load.load_reward_model(exp.model)
-        data = prepare_setting(exp, setting, base_model=base_model)
       config = run_config(exp, spec)
-      save = None
-      if setting == exp.embedding_setting and spec.seed == 0 and spec.domain_loss == "wdgrl":
-        save = embeddings_path(exp, spec)
       logging.info("run %s", spec.run_id)
-      out = train_run(data, config, save_embeddings=save)
-      row = {"run_id": spec.run_id, **dataclasses.asdict(spec), "lambda": spec.lambda_, **out,
+      if spec.mode.startswith("frozen_"):
+        out = frozen_run(data, config, oracle=spec.mode == "frozen_oracle")
+      else:
+        save = None
+        if setting == exp.embedding_setting and spec.seed == 0 and not spec.variant:
+          save = embeddings_path(exp, spec)
+        out = train_run(data, config, save_embeddings=save)
+      row = {"run_id": spec.run_id, **dataclasses.asdict(spec), **out,
              "data_sizes": data.sizes, "cache_seconds": data.cache_seconds, "model": exp.model,
-             "top_layers": exp.top_layers, "max_length": exp.max_length, "num_steps": config.train.num_steps,
+             "top_layers": exp.top_layers, "max_length": config.data.max_length, "num_steps": config.train.num_steps,
              "batch_size": config.train.batch_size, "grid": fingerprint, "commit": git_commit(),
              "time": time.time()}
       row.pop("lambda_")
       row["lambda"] = config.dial.lambda_  # effective (a variant may override it)
       append_result(results, row)
       ran += 1
-      logging.info("done %s: val %.4f test %.4f (%.0f s)", spec.run_id, target_metric(row),
+      logging.info("done %s: val %s test %s (%.0f s)", spec.run_id, target_metric(row),
                    target_metric(row, "target_test"), out["seconds"])
   return ran

@@ -1,31 +1,44 @@
-"""The training loop: build model, data and state from a config; train, evaluate, checkpoint, write results."""
+"""The training loop, the only one: ``train`` runs the DIAL step over batches of given domains with any reward model
+(the full backbone, or the experiments' prefix-cache top model), logs every step metric, evaluates, checkpoints;
+``train_and_evaluate`` builds model, data and workdir from a config and calls it.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
+import socket
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
+from dial_jax import config as config_lib
 from dial_jax import parallel
 from dial_jax.checkpoint import Checkpointer
 from dial_jax.data import batching, pipeline
 from dial_jax.hf import load
 from dial_jax.inference import Scorer, evaluate_domain
-from dial_jax.metrics import MetricWriter
-from dial_jax.models.decoder import LoraConfig
 from dial_jax.train import state as state_lib
 from dial_jax.train import step as step_lib
+from dial_jax.train import writers as writers_lib
 
 EVAL_SPLITS = ("target_test", "target_val", "source_val")
+# Keys that may change when a run resumes: they do not change what the run computes (train.num_steps may grow).
+RESUME_SAFE_KEYS = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.on_nonfinite", "train.wandb_project", "data.eval_batch_size",
+                    "data.max_eval_examples", "data.skip_bad_rows", "mesh.data", "mesh.fsdp", "mesh.tensor",
+                    "data.dir")
 
 
 class Preempted(SystemExit):
@@ -58,27 +71,14 @@ class PreemptionWatcher:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def lora_config(config: ml_collections.ConfigDict) -> LoraConfig:
-  if config.train.trainable != "lora":
-    return LoraConfig()
-  return LoraConfig(rank=config.lora.rank, alpha=float(config.lora.alpha), targets=tuple(config.lora.targets))
-
-
-def build_model(config: ml_collections.ConfigDict):
-  """(model, variables, tokenizer, model_dir) for the configured backbone."""
-  model, variables, model_dir = load.load_reward_model(
-      config.model.name, dtype=jnp.dtype(config.model.dtype), param_dtype=jnp.dtype(config.model.param_dtype),
-      pooling=config.model.pooling, lora=lora_config(config), head_seed=config.model.head_seed,
-      remat_policy=config.model.remat_policy, last_token_only=config.model.get("last_token_only", False))
-  return model, variables, load.load_tokenizer(model_dir), model_dir
-
-
 def load_data(config: ml_collections.ConfigDict, tokenizer):
-  """(source train, target train, {eval split: Domain}) of the configured setting."""
+  """(source train, target train, {eval split: Domain}) of the configured setting. Eval subsets
+  (``data.max_eval_examples``) are the same draw for every seed, so runs are paired on the same examples."""
   d = config.data
   root = Path(d.dir) / d.setting
   load_split = lambda split, limit=0: pipeline.load_domain(root / f"{split}.jsonl", tokenizer, d.max_length,
-                                                          skip_bad_rows=d.skip_bad_rows, limit=limit)
+                                                          skip_bad_rows=d.skip_bad_rows, limit=limit,
+                                                          truncation=d.truncation)
   source, target = load_split("source_train"), load_split("target_train")
   evals = {}
   for split in EVAL_SPLITS:
@@ -98,16 +98,6 @@ def abstract_variables(model):
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))
 
 
-def evaluate(scorer: Scorer, evals: dict) -> dict[str, dict]:
-  return {name: evaluate_domain(scorer, domain) for name, domain in evals.items()}
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-  os.replace(tmp, path)
-
-
 def paired_batches(config: ml_collections.ConfigDict, source, target, pad_id: int, mesh) -> pipeline.PairedBatches:
   """This process's train batches per ``config``. Packed row counts are kept a multiple of the rows each process's
   devices split (data x fsdp), so packed rows are always sharded, never silently replicated."""
@@ -116,29 +106,74 @@ def paired_batches(config: ml_collections.ConfigDict, source, target, pad_id: in
       source, target, batch_size=config.train.batch_size, grad_accum_steps=config.train.grad_accum_steps,
       buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket), pad_id=pad_id,
       seed=config.train.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-      packing_mode=step_lib.packing_mode(config), pack_row_length=config.data.get("pack_row_length", 0),
-      pack_rows_multiple=math.lcm(config.data.get("pack_rows_multiple", 1), row_shards))
+      packing_mode=config_lib.packing_mode(config), pack_row_length=config.data.pack_row_length,
+      pack_rows_multiple=math.lcm(config.data.pack_rows_multiple, row_shards))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Train per ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the results."""
-  step_lib.validate(config)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+def evaluate(scorer: Scorer, evals: dict, *, progress: bool = False, keep_scores: bool = False) -> dict[str, dict]:
+  return {name: evaluate_domain(scorer, domain, progress=progress, desc=f"eval {name}", keep_scores=keep_scores)
+          for name, domain in evals.items()}
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(_strict(obj), indent=2, sort_keys=True, allow_nan=False))
+  os.replace(tmp, path)
+
+
+def _strict(obj):
+  """``obj`` with non-finite floats as None (results.json is strict JSON)."""
+  if isinstance(obj, dict):
+    return {k: _strict(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_strict(v) for v in obj]
+  return writers_lib.finite_or_none(obj)
+
+
+class MetricWindow:
+  """Train metrics averaged over the steps since the last log (skipped non-finite steps excluded)."""
+
+  def __init__(self):
+    self.sums: dict[str, float] = {}
+    self.count, self.skipped, self.start = 0, 0, time.time()
+
+  def add(self, metrics: dict) -> None:
+    if metrics["nonfinite"]:
+      self.skipped += 1
+      return
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    self.count += 1
+
+  def flush(self, steps: int) -> dict[str, float]:
+    out = {k: v / self.count for k, v in self.sums.items() if k != "nonfinite"} if self.count else {}
+    out["nonfinite_steps"] = float(self.skipped)
+    out["step_time_s"] = (time.time() - self.start) / max(steps, 1)
+    self.__init__()
+    return out
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What :func:`train` returns: the results (eval per split, last train metrics, ...) and the trained variables."""
+
+  results: dict[str, Any]
+  variables: Any
+
+
+def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.Domain, target: pipeline.Domain,
+          evals: dict[str, pipeline.Domain], *, mesh, pad_id: int, tokenizer=None, writer=None,
+          checkpointer: Checkpointer | None = None, progress: bool | None = None,
+          keep_eval_scores: bool = False) -> Outcome:
+  """Train ``model`` from ``variables`` with the DIAL step per ``config`` on ``source``/``target``; evaluate on
+  ``evals`` every ``train.eval_every`` steps and at the end. With a ``checkpointer`` it resumes from the latest
+  checkpoint, saves every ``train.checkpoint_every`` steps and on SIGTERM. Every step metric, averaged over the
+  ``train.log_every`` window, goes to ``writer``; ``keep_eval_scores`` keeps the final evaluation's per-example
+  margins / rewards in the results."""
   is_main = jax.process_index() == 0
-  if is_main:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  start_time = time.time()
-
-  mesh = parallel.make_mesh(config.mesh)
-  logging.info("mesh: %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
-  model, variables, tokenizer, model_dir = build_model(config)
-  source, target, evals = load_data(config, tokenizer)
-  logging.info("data: source %d %s, target %d %s, eval %s", len(source), source.kind, len(target), target.kind,
-               {k: len(v) for k, v in evals.items()})
-  pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
+  writer = writer or writers_lib.MultiWriter([])
+  progress = (is_main and sys.stderr.isatty()) if progress is None else progress
   batches = paired_batches(config, source, target, pad_id, mesh)
-
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   critic = state_lib.make_critic(config)
   variable_shardings = parallel.variable_shardings(abstract_variables(model), mesh)
@@ -148,60 +183,189 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   local_shapes = {k: v.shape for k, v in batches.batch(0).items()}
   global_shapes = {k: (s[0], s[1] * jax.process_count()) + s[2:] for k, s in local_shapes.items()}
   batch_shardings = parallel.batch_shardings(global_shapes, mesh)
-  checkpointer = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
-  if checkpointer.latest_step() is not None:
+  if checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     logging.info("resumed from step %d", int(state.step))
   train_step = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=state_shardings,
                                         batch_sharding=batch_shardings)
   scorer = Scorer(model, None, tokenizer, batch_size=config.data.eval_batch_size, max_length=config.data.max_length,
                   mesh=mesh)
-  writer = MetricWriter(workdir, enabled=is_main)
 
-  step = int(state.step)
-  train_metrics, n_skipped = {}, 0
-  preemption = PreemptionWatcher()
-  while step < config.train.num_steps:
+  step = start = int(state.step)
+  num_steps = config.train.num_steps
+  window, train_metrics, n_skipped = MetricWindow(), {}, 0
+  preemption = PreemptionWatcher() if checkpointer is not None else None
+  bar = tqdm(total=num_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+  last_log = step
+  while step < num_steps:
     state, metrics = train_step(state, parallel.global_batch(batches.batch(step), batch_shardings))
     step += 1
+    metrics = jax.device_get(metrics)
+    window.add(metrics)
+    bar.update(1)
     if int(metrics["nonfinite"]):
       n_skipped += 1
       if config.train.on_nonfinite == "stop":
-        checkpointer.close()
-        raise FloatingPointError(f"non-finite loss or gradient at step {step}; last good checkpoint: "
-                                 f"{checkpointer.latest_step()}")
-      logging.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", step, n_skipped)
-    if step % config.train.log_every == 0 or step == config.train.num_steps:
-      train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bar.close()
+        last_good = checkpointer.latest_step() if checkpointer is not None else None
+        if checkpointer is not None:
+          checkpointer.close()
+        raise FloatingPointError(f"non-finite loss, gradient or parameters at step {step}; last good checkpoint: "
+                                 f"{last_good}")
+      logging.warning("step %d: non-finite loss, gradient or parameters, update skipped (%d so far)", step, n_skipped)
+    if step % config.train.log_every == 0 or step == num_steps:
+      train_metrics = window.flush(step - last_log)
+      last_log = step
       writer.write(step, "train", train_metrics)
-      logging.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(train_metrics.items())))
-    if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.num_steps:
+      bar.set_postfix({k: f"{train_metrics[k]:.3g}" for k in ("loss", "source_accuracy", "wasserstein")
+                       if k in train_metrics}, refresh=False)
+      if not progress and is_main:
+        eta = (num_steps - step) * train_metrics["step_time_s"]
+        logging.info("step %d/%d (%.2f s/step, ETA %.0f s): %s", step, num_steps, train_metrics["step_time_s"], eta,
+                     " ".join(f"{k}={v:.4g}" for k, v in sorted(train_metrics.items())))
+    if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
       scorer.variables = state_lib.merge(state.trainable, state.frozen)
-      for split, values in evaluate(scorer, evals).items():
+      for split, values in evaluate(scorer, evals, progress=progress).items():
         writer.write(step, f"eval/{split}", values)
         logging.info("step %d eval %s: %s", step, split, values)
-    if preemption.requested():
+    if preemption is not None and preemption.requested():
       checkpointer.maybe_save(step, state, force=True)
       checkpointer.close()
-      logging.warning("SIGTERM received: saved a checkpoint at step %d in %s; rerun the same command to resume",
-                      step, workdir)
+      bar.close()
+      logging.warning("SIGTERM received: saved a checkpoint at step %d; rerun the same command to resume", step)
       raise Preempted(step)
-    checkpointer.maybe_save(step, state, force=step == config.train.num_steps)
-  checkpointer.close()
-  preemption.uninstall()
+    if checkpointer is not None:
+      checkpointer.maybe_save(step, state, force=step == num_steps)
+  bar.close()
+  if checkpointer is not None:
+    checkpointer.close()
+  if preemption is not None:
+    preemption.uninstall()
 
-  scorer.variables = state_lib.merge(state.trainable, state.frozen)
+  variables = state_lib.merge(state.trainable, state.frozen)
+  scorer.variables = variables
+  eval_results = evaluate(scorer, evals, progress=progress, keep_scores=keep_eval_scores)
+  for split, values in eval_results.items():
+    writer.write(step, f"eval/{split}", {k: v for k, v in values.items() if not isinstance(v, list)})
+  results = {"eval": eval_results, "final_train_metrics": train_metrics, "skipped_nonfinite_steps": n_skipped,
+             "trained_steps": step - start}
+  return Outcome(results, variables)
+
+
+def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir) -> None:
+  """Stop (one line, listing the keys) when ``config`` differs from the run saved in ``workdir`` in anything but
+  :data:`RESUME_SAFE_KEYS`; ``train.num_steps`` may only grow."""
+  old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(config.to_json_best_effort()))
+  new["model.name"] = _absolute_model_name(new["model.name"])
+  differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE_KEYS)
+  if differ:
+    listed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:8])
+    raise config_lib.ConfigError(
+        f"{workdir} holds another run ({listed}{', ...' if len(differ) > 8 else ''}); use a new --workdir, or rerun "
+        f"with the run's own config (saved in {Path(workdir) / 'config.json'})")
+  if new["train.num_steps"] < old.get("train.num_steps", 0):
+    raise config_lib.ConfigError(f"{workdir}: train.num_steps={new['train.num_steps']} is below the saved run's "
+                                 f"{old['train.num_steps']} (num_steps may only grow on resume)")
+
+
+class WorkdirLock:
+  """``<workdir>/lock`` held by one launch at a time (process 0): a second launch into the same workdir stops
+  with a message naming the holder. A lock left by a dead process on this host is taken over."""
+
+  def __init__(self, workdir: Path):
+    self.path = workdir / "lock"
+    self.held = False
+
+  def acquire(self) -> None:
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        holder = json.loads(self.path.read_text())
+      except (OSError, json.JSONDecodeError):
+        holder = {}
+      if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
+        logging.warning("%s: taking over the lock of process %s, which no longer runs", self.path, holder.get("pid"))
+        self.path.unlink(missing_ok=True)
+        return self.acquire()
+      raise RuntimeError(f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                         f"(lock file {self.path}); wait for it, or delete the lock if that process is gone") from None
+    with os.fdopen(fd, "w") as f:
+      json.dump(me, f)
+    self.held = True
+
+  def release(self) -> None:
+    if self.held:
+      self.path.unlink(missing_ok=True)
+      self.held = False
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(int(pid), 0)
+  except (OSError, ValueError):
+    return False
+  return True
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train per ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the results."""
+  config_lib.validate(config)
+  workdir = Path(workdir).absolute()
+  is_main = jax.process_index() == 0
+  saved_config = workdir / "config.json"
+  has_checkpoints = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
+  if has_checkpoints and saved_config.exists():
+    check_resume(json.loads(saved_config.read_text()), config, workdir)
+  elif has_checkpoints:
+    raise config_lib.ConfigError(f"{workdir} has checkpoints but no config.json: it is not a run this version can "
+                                 "resume; use a new --workdir")
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock = WorkdirLock(workdir)
+  if is_main:
+    lock.acquire()
+  try:
+    return _train_in_workdir(config, workdir, is_main)
+  finally:
+    lock.release()
+
+
+def _train_in_workdir(config, workdir: Path, is_main: bool) -> dict:
+  start_time = time.time()
+  mesh = parallel.make_mesh(config.mesh)
+  logging.info("mesh: %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+  model, variables, tokenizer, model_dir = load.build_model(config)
+  source, target, evals = load_data(config, tokenizer)
+  logging.info("data: source %d %s, target %d %s, eval %s", len(source), source.kind, len(target), target.kind,
+               {k: len(v) for k, v in evals.items()})
+  if is_main:  # the run is known to be compatible with the workdir only now
+    stored = json.loads(config.to_json_best_effort())
+    stored["model"]["name"] = _absolute_model_name(config.model.name)
+    _write_json_atomic(workdir / "config.json", stored)
+  pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
+  writer = writers_lib.make_writers(workdir, enabled=is_main, wandb_project=config.train.wandb_project,
+                                    config=config.to_dict())
+  checkpointer = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  try:
+    outcome = train(config, model, variables, source, target, evals, mesh=mesh, pad_id=pad_id, tokenizer=tokenizer,
+                    writer=writer, checkpointer=checkpointer)
+  finally:
+    writer.close()
   results = {
       "setting": config.data.setting, "mode": config.dial.mode, "domain_loss": config.dial.domain_loss,
       "lambda": config.dial.lambda_, "model": config.model.name, "num_steps": config.train.num_steps,
-      "seed": config.train.seed, "eval": evaluate(scorer, evals), "final_train_metrics": train_metrics,
-      "skipped_nonfinite_steps": n_skipped, "wall_time_s": time.time() - start_time,
+      "seed": config.train.seed, **outcome.results, "wall_time_s": time.time() - start_time,
       "data_sizes": {"source_train": len(source), "target_train": len(target),
                      **{k: len(v) for k, v in evals.items()}},
   }
   if is_main:
-    for split, values in results["eval"].items():
-      writer.write(step, f"eval/{split}", values)
     _write_json_atomic(workdir / "results.json", results)
-  logging.info("results: %s", json.dumps(results["eval"]))
+  logging.info("results: %s", json.dumps(_strict(results["eval"])))
   return results
+
+
+def _absolute_model_name(name: str) -> str:
+  """A relative model path is stored absolute, so the workdir's readers find it from any directory."""
+  path = Path(name).expanduser()
+  return str(path.absolute()) if path.exists() else name

@@ -88,11 +88,20 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   if config.train.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(config.train.max_grad_norm))
   if config.train.optimizer == "adamw":
-    parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.train.weight_decay))
+    # Decay matrices only: norm scales, biases and other 1-D parameters are masked (the usual practice).
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.train.weight_decay,
+                             mask=decay_mask))
   elif config.train.optimizer == "sgd":
     parts.append(optax.sgd(learning_rate_schedule(config)))
   else:
     raise ValueError(f"train.optimizer must be adamw or sgd, got {config.train.optimizer!r}")
+  head_lr = config.train.head_learning_rate
+  if head_lr and head_lr != config.train.learning_rate:
+    # The head's update is the same rule at its own rate: scaling the update by head_lr / lr.
+    is_head = lambda params: flax.traverse_util.path_aware_map(
+        lambda path, _: tuple(path[:2]) == ("params", "score"), params)
+    parts.append(optax.masked(optax.scale(head_lr / config.train.learning_rate), is_head))
   return optax.chain(*parts)
 
 

@@ -19,47 +19,17 @@ import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from dial_jax import config as config_lib
 from dial_jax import losses
-from dial_jax.data import packing
 from dial_jax.train.state import TrainState, learning_rate_schedule, merge
 
-MODES = ("dial", "source_only", "oracle")
-DOMAIN_LOSSES = ("wdgrl", "mmd", "coral", "dann")
-AUX_LOSSES = ("none", "source_sft", "target_ntp")
-PACKING_MODES = ("auto",) + packing.MODES
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  d = config.dial
-  for name, value, allowed in (("dial.mode", d.mode, MODES), ("dial.domain_loss", d.domain_loss, DOMAIN_LOSSES),
-                               ("dial.aux", d.aux, AUX_LOSSES)):
-    if value not in allowed:
-      raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-  if config.train.grad_accum_steps < 1:
-    raise ValueError("train.grad_accum_steps must be >= 1")
-  packing = config.data.get("packing", "none")
-  if packing not in PACKING_MODES:
-    raise ValueError(f"data.packing must be one of {PACKING_MODES}, got {packing!r}")
-  if packing not in ("none", "auto") and not packing_supported(config):
-    raise ValueError(f"data.packing={packing!r} needs model.pooling='last' and dial.aux='none' (an auxiliary LM loss "
-                     "reads every token's hidden state); use data.packing='none' or 'auto'")
-
-
-def packing_supported(config: ml_collections.ConfigDict) -> bool:
-  return config.model.pooling == "last" and config.dial.aux == "none"
-
-
 def packing_mode(config: ml_collections.ConfigDict) -> str:
-  """``data.packing`` with ``auto`` resolved: ``shared_prefix`` where the step supports packing, else ``none``."""
-  mode = config.data.get("packing", "none")
-  if mode == "auto":
-    return "shared_prefix" if packing_supported(config) else "none"
-  return mode
+  return config_lib.packing_mode(config)
 
 
 def domain_weight(config: ml_collections.ConfigDict, step) -> jax.Array:
   """lambda at this step: 0 for source_only and oracle, else ``dial.lambda_`` with optional linear warm-up."""
-  if config.dial.mode != "dial":
+  if not config_lib.domain_loss_active(config):
     return jnp.zeros((), jnp.float32)
   lam = jnp.asarray(config.dial.lambda_, jnp.float32)
   if config.dial.lambda_warmup_steps > 0:
@@ -86,16 +56,34 @@ def _weighted_accuracy(r_chosen, r_rejected, weight):
 
 def packed_forward(model, variables, batch):
   """(rewards [4B], embeddings [4B, D]) of a packed micro-batch, in the padded step's order: source chosen, source
-  rejected, target chosen, target rejected, each in global pair order. Each process packed its own pairs into its
-  own rows, so its ``sequence_slots`` index its rows and are shifted to the global row numbers here."""
+  rejected, target chosen, target rejected, each in global pair order. ``packed_sequence_slots`` gives each
+  sequence's global ``row * slots + slot`` and ``packed_sequence_order`` its position in that order (both computed
+  on the host by ``PairedBatches``)."""
   out = model.apply(variables, batch["packed_ids"], batch["packed_segment_ids"], batch["packed_positions"],
                     batch["packed_branch_ids"], batch["packed_last_positions"], method=model.packed)
-  rows, slots = batch["packed_last_positions"].shape
-  procs = jax.process_count()
-  local = batch["packed_sequence_slots"].reshape(procs, 4, -1)  # [process, part, pair]
-  offset = (jnp.arange(procs) * (rows // procs) * slots)[:, None, None]
-  order = (local + offset).transpose(1, 0, 2).reshape(-1)
-  return out["rewards"][order], out["embeddings"][order]
+  slots = batch["packed_sequence_slots"][jnp.argsort(batch["packed_sequence_order"])]
+  return out["rewards"][slots], out["embeddings"][slots]
+
+
+def critic_input_scale(h, mode: str) -> jax.Array:
+  """What the critic's inputs are divided by: 1 (``none``, the authors'), or the batch's RMS embedding norm,
+  held constant under differentiation (``rms``), so the gradient penalty binds at any embedding scale."""
+  if mode == "none":
+    return jnp.ones((), jnp.float32)
+  h = jax.lax.stop_gradient(h.astype(jnp.float32))
+  return jnp.sqrt(jnp.mean(jnp.sum(h * h, axis=-1)) + 1e-12)
+
+
+def loss_balance(variables, h, b_s, n_src, lam, domain_fn) -> dict[str, jax.Array]:
+  """Norms of the gradients of the Bradley-Terry term and of the weighted domain term with respect to the
+  embeddings (the reward head is linear in them), so the balance between the two losses is visible."""
+  h = jax.lax.stop_gradient(h.astype(jnp.float32))
+  w = jax.lax.stop_gradient(variables["params"]["score"]["kernel"].astype(jnp.float32))
+  bt = lambda x: losses.bradley_terry_loss((x[:b_s] @ w)[:, 0], (x[b_s:n_src] @ w)[:, 0])
+  out = {"balance/source_grad_norm": optax.tree.norm(jax.grad(bt)(h))}
+  if domain_fn is not None:
+    out["balance/domain_grad_norm"] = lam * optax.tree.norm(jax.grad(domain_fn)(h))
+  return out
 
 
 def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rng, lam, *, model, critic, critic_tx,
@@ -121,18 +109,27 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
   target_loss = _weighted_bt(r_tc, r_tr, target_weight)
 
   metrics = {}
-  if d.domain_loss == "wdgrl":
+  domain_fn = None  # h -> domain loss, for the loss-balance metrics
+  if not config_lib.domain_loss_active(config):
+    domain = jnp.zeros((), jnp.float32)  # statically off: no critic, no 0 * W (0 * inf = NaN)
+  elif d.domain_loss == "wdgrl":
+    scale = critic_input_scale(h, d.critic_input_scale)
+    critic_fn = lambda params, x: critic.apply(params, x / scale)
     critic_vars, critic_opt_state, critic_metrics = losses.critic_update(
-        critic_vars, critic_opt_state, h_s, h_t, rng, apply_fn=critic.apply, optimizer=critic_tx,
+        critic_vars, critic_opt_state, h_s, h_t, rng, apply_fn=critic_fn, optimizer=critic_tx,
         gamma=d.gamma, num_iters=d.critic_iter)
     critic_vars = jax.lax.stop_gradient(critic_vars)
-    f = critic.apply(critic_vars, h)
-    domain = losses.wasserstein_estimate(f[:n_src], f[n_src:])
-    metrics.update(gradient_penalty=critic_metrics["gradient_penalty"], critic_loss=critic_metrics["critic_loss"])
+    domain_fn = lambda x: losses.wasserstein_estimate(*jnp.split(critic_fn(critic_vars, x), [n_src]))
+    domain = domain_fn(h)
+    metrics.update(gradient_penalty=critic_metrics["gradient_penalty"], critic_loss=critic_metrics["critic_loss"],
+                   critic_slope=losses.critic_slope(lambda x: critic.apply(critic_vars, x), jax.lax.stop_gradient(h / scale)),
+                   critic_input_scale=scale)
   elif d.domain_loss == "mmd":
-    domain = losses.mmd_loss(h_s, h_t)
+    domain_fn = lambda x: losses.mmd_loss(x[:n_src], x[n_src:])
+    domain = domain_fn(h)
   elif d.domain_loss == "coral":
-    domain = losses.coral_loss(h_s, h_t)
+    domain_fn = lambda x: losses.coral_loss(x[:n_src], x[n_src:])
+    domain = domain_fn(h)
   else:  # dann: the classifier trains on BCE; the reversed gradient, scaled by lambda, reaches the encoder.
     logits = critic.apply(critic_vars, losses.gradient_reversal(h, lam))
     domain = losses.dann_loss(logits[:n_src], logits[n_src:])
@@ -140,7 +137,7 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
   if d.mode == "oracle":
     loss = source_loss + target_loss
   else:
-    loss = source_loss
+    loss = source_loss + 1e-3 * target_loss
   loss = loss + (domain if d.domain_loss == "dann" else lam * domain)
   if d.aux != "none":
     rows = slice(0, b_s) if d.aux == "source_sft" else slice(n_src, n_src + n_tgt)
@@ -151,9 +148,13 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
 
   metrics.update(
       loss=loss, source_loss=source_loss, source_accuracy=losses.pairwise_accuracy(r[:b_s], r[b_s:n_src]),
-      target_loss=target_loss, target_accuracy=_weighted_accuracy(r_tc, r_tr, target_weight),
       domain_loss=domain, reward_mean=jnp.mean(r), reward_std=jnp.std(r))
-  if d.domain_loss == "wdgrl":
+  metrics.update(loss_balance(variables, h, b_s, n_src, lam, domain_fn))
+  # Target-label metrics: in dial / source_only runs they are monitoring only and never enter the loss.
+  metrics["monitor/target_loss" if d.mode != "oracle" else "target_loss"] = target_loss
+  metrics["monitor/target_accuracy" if d.mode != "oracle" else "target_accuracy"] = _weighted_accuracy(
+      r_tc, r_tr, target_weight)
+  if d.domain_loss == "wdgrl" and config_lib.domain_loss_active(config):
     metrics["wasserstein"] = domain
   return loss, (metrics, critic_vars, critic_opt_state)
 
@@ -163,7 +164,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic,
   """One optimizer step over ``batch`` (arrays with a leading micro-batch axis)."""
   rng, step_rng = jax.random.split(state.rng)
   lam = domain_weight(config, state.step)
-  train_critic_by_grad = config.dial.domain_loss == "dann"
+  train_critic_by_grad = config.dial.domain_loss == "dann" and config_lib.domain_loss_active(config)
   loss_fn = functools.partial(micro_batch_loss, model=model, critic=critic, critic_tx=critic_tx, config=config)
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1) if train_critic_by_grad else 0, has_aux=True)
   num_micro = jax.tree.leaves(batch)[0].shape[0]
@@ -210,7 +211,7 @@ def make_train_step(model, critic, tx, critic_tx, config, *, state_shardings=Non
                     donate: bool = True):
   """``jax.jit`` of :func:`train_step` with everything but (state, batch) bound; with shardings given, the
   state keeps its layout (``out_shardings`` = ``in_shardings``) and metrics come back replicated."""
-  validate(config)
+  config_lib.validate(config)
   fn = functools.partial(train_step, model=model, critic=critic, tx=tx, critic_tx=critic_tx, config=config)
   kwargs = {}
   if state_shardings is not None:

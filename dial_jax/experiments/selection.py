@@ -1,0 +1,86 @@
+"""Choosing DIAL's lambda from finished runs, and the paired bootstrap of the gain over source-only.
+
+Two rules, both over runs averaged across seeds, never reading ``target_test``:
+
+* **label-free** (what a DIAL user can do, no target labels): the largest lambda whose mean source-validation
+  accuracy stays within one standard error of source-only's while the domain gap W falls during training
+  (mean W of the last logged window below that of the first). Few-shot has no source validation split, so
+  there the check reads the source training pairs.
+* **target_val** (a reference that needs target labels): the lambda with the best mean target_val metric.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def metric_of(values: dict) -> float | None:
+  """A split's headline metric: accuracy (pairs) or Pearson (scored texts)."""
+  return values.get("accuracy", values.get("pearson"))
+
+
+def source_check_split(row: dict) -> str:
+  return "source_val" if "source_val" in row["eval"] else "source_train"
+
+
+def _mean(values) -> float:
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else float("nan")
+
+
+def _w_falls(row: dict) -> bool:
+  ws = [h["wasserstein"] for h in row.get("history", []) if h.get("wasserstein") is not None]
+  return len(ws) >= 2 and ws[-1] < ws[0]
+
+
+def label_free_lambda(source_only: Sequence[dict], dial: dict[float, Sequence[dict]]) -> float | None:
+  """The label-free choice (see the module docstring); None when no candidate qualifies or runs are missing."""
+  if not source_only or not dial:
+    return None
+  split = source_check_split(source_only[0])
+  so = [metric_of(r["eval"][split]) for r in source_only]
+  n = source_only[0]["eval"][split]["n"]
+  p = _mean(so)
+  se = float(np.sqrt(max(p * (1 - p), 1e-12) / n))  # binomial SE of one run's accuracy on the split
+  if len(so) > 1:
+    se = max(se, float(np.std(so, ddof=1) / np.sqrt(len(so))))
+  ok = [lam for lam, rows in dial.items() if rows
+        and _mean(metric_of(r["eval"][split]) for r in rows) >= p - se
+        and np.mean([_w_falls(r) for r in rows]) > 0.5]
+  return max(ok) if ok else None
+
+
+def target_val_lambda(dial: dict[float, Sequence[dict]]) -> float | None:
+  """The lambda with the best mean target_val metric (ties: the smaller lambda)."""
+  scored = [(_mean(metric_of(r["eval"]["target_val"]) for r in rows), -lam, lam) for lam, rows in dial.items() if rows]
+  return max(scored)[2] if scored else None
+
+
+def paired_bootstrap(a_scores: Sequence[Sequence[float]], b_scores: Sequence[Sequence[float]], metric,
+                     targets=None, *, num_samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+  """(mean difference, 2.5 %, 97.5 %) of ``metric(b) - metric(a)`` averaged over runs paired by seed
+  (``a_scores[i]``, ``b_scores[i]`` are the per-example scores of seed i on the same examples); examples are
+  resampled (the same indices for every run). ``metric(scores, targets)``: e.g. accuracy of margins, or Pearson
+  of rewards with ``targets``."""
+  a, b = np.asarray(a_scores, np.float64), np.asarray(b_scores, np.float64)
+  if a.shape != b.shape or a.ndim != 2:
+    raise ValueError(f"paired runs need equal [runs, examples] shapes, got {a.shape} and {b.shape}")
+  t = None if targets is None else np.asarray(targets, np.float64)
+  stat = lambda idx: float(np.mean([metric(b[i][idx], None if t is None else t[idx])
+                                    - metric(a[i][idx], None if t is None else t[idx]) for i in range(len(a))]))
+  n = a.shape[1]
+  rng = np.random.default_rng(seed)
+  draws = [stat(rng.integers(0, n, n)) for _ in range(num_samples)]
+  return stat(np.arange(n)), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+
+
+def accuracy_of_margins(margins, _targets=None) -> float:
+  margins = np.asarray(margins)
+  return float(np.mean((margins > 0) + 0.5 * (margins == 0)))
+
+
+def pearson_with(rewards, targets) -> float:
+  x, y = np.asarray(rewards) - np.mean(rewards), np.asarray(targets) - np.mean(targets)
+  d = np.sqrt((x * x).sum() * (y * y).sum())
+  return float((x * y).sum() / d) if d > 0 else 0.0
