@@ -63,6 +63,9 @@ def merge_lora(variables, model) -> dict:
   lora = variables.get("lora")
   if not lora:
     return params
+  if mapping.is_stacked(_flatten(params)):  # scan_layers: merge per layer, return stacked again
+    merged = merge_lora(mapping.unstack_layer_variables({"params": params, "lora": lora}), model)
+    return mapping.stack_layer_variables({"params": merged})["params"]
   alpha = float(model.lora.alpha)
   flat = dict(_flatten(params))
   adapters = _flatten(lora)
@@ -195,8 +198,8 @@ def export_hf(params, decoder_config_or_model, source_model_dir, tokenizer, outp
   pad_id = decoder_config.pad_token_id if decoder_config.pad_token_id is not None else tokenizer.pad_token_id
   config = export_config(decoder_config, source_model_dir, pad_id, dtype)
 
-  # Names, layouts and sizes (nothing converted yet).
-  flat = _flatten(params)
+  # Names, layouts and sizes (nothing converted yet); a scan_layers model's stacked layers are written per layer.
+  flat = mapping.unstack_layers(_flatten(params))
   itemsize = np.dtype(DTYPES[dtype]).itemsize
   dropped = [p for p in flat if p in _DROPPED]
   if dropped:
@@ -269,9 +272,18 @@ def _check_names(tensors: dict[str, _Tensor], expected: dict[str, tuple[int, ...
                      f"{unexpected[:10]}, shape mismatches (ours, transformers') {dict(list(wrong.items())[:10])}")
 
 
+def looks_like_export(path) -> bool:
+  """Whether directory ``path`` looks like a previous export: only plain files (no subdirectory, e.g. no
+  ``checkpoints/``, no symlink), among them ``config.json`` and ``model.safetensors`` or its index."""
+  entries = list(Path(path).iterdir())
+  names = {p.name for p in entries}
+  return ("config.json" in names and bool(names & {WEIGHTS_NAME, WEIGHTS_INDEX_NAME})
+          and all(p.is_file() and not p.is_symlink() for p in entries))
+
+
 def check_output_dir(output_dir, overwrite: bool) -> None:
   """Raise ``FileExistsError`` unless ``output_dir`` may be written: absent, or (with ``overwrite``) an empty
-  directory or one with a ``config.json`` (never a file, a symlink, or some other non-empty directory)."""
+  directory or one that :func:`looks_like_export` (never a file, a symlink, or any other directory)."""
   output_dir = Path(output_dir)
   if not output_dir.exists() and not output_dir.is_symlink():
     return
@@ -279,8 +291,9 @@ def check_output_dir(output_dir, overwrite: bool) -> None:
     raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
   if not output_dir.is_dir() or output_dir.is_symlink():
     raise FileExistsError(f"{output_dir} exists and is not a directory; refusing to replace it")
-  if any(output_dir.iterdir()) and not (output_dir / "config.json").exists():
-    raise FileExistsError(f"{output_dir} is not empty and has no config.json (not a model directory); "
+  if any(output_dir.iterdir()) and not looks_like_export(output_dir):
+    raise FileExistsError(f"{output_dir} does not look like a previous export (not a model directory: only "
+                          f"files, with config.json and {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}); "
                           "refusing to replace it")
 
 

@@ -151,7 +151,8 @@ def init_variables(model: RewardModel, seed: int = 0, seq_len: int = 8):
 
 def load_reward_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
                       pooling: str = "last", lora: LoraConfig = LoraConfig(), head_seed: int = 0,
-                      remat_policy: str = "none", last_token_only: bool = False):
+                      remat_policy: str = "none", last_token_only: bool = False, scan_layers: bool = False,
+                      attention: str = "xla", mesh=None):
   """Load a reward model from HF weights.
 
   Returns ``(model, variables, model_dir)``. The backbone comes from the checkpoint; the ``score`` head too
@@ -164,8 +165,10 @@ def load_reward_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, par
     raise ValueError(f"{model_dir}: a reward model needs num_labels=1, config has {hf_config.num_labels}")
   config = decoder_config_from_hf(hf_config)
   model = RewardModel(config, pooling=pooling, lora=lora, dtype=dtype, param_dtype=param_dtype,
-                      remat_policy=remat_policy, last_token_only=last_token_only)
-  shapes = jax.eval_shape(lambda: init_variables(model, head_seed))
+                      remat_policy=remat_policy, last_token_only=last_token_only, scan_layers=scan_layers,
+                      attention=attention, mesh=mesh)
+  # Loaded in the per-layer layout (the HF table's), then stacked for scan_layers: same values either way.
+  shapes = jax.eval_shape(lambda: init_variables(model.clone(scan_layers=False, attention="xla"), head_seed))
   expected = _flatten(shapes["params"])
   flat, missing = hf_state_to_params(read_state_dict(model_dir), expected, param_dtype, source=str(model_dir))
   if "backbone/lm_head/kernel" in missing:
@@ -184,13 +187,14 @@ def load_reward_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, par
   variables = {"params": jax.tree.map(jnp.asarray, _unflatten(flat))}
   if "lora" in shapes:
     variables["lora"] = _unflatten({k[len("lora/"):]: v for k, v in fresh.items() if k.startswith("lora/")})
+  if scan_layers:
+    variables = mapping.stack_layer_variables(variables)
   return model, variables, model_dir
 
 
 def _fresh_head_and_adapters(abstract, seed: int) -> dict[str, jax.Array]:
-  """Initial reward head (normal, std 0.02) and LoRA adapters (A: uniform(+-1/sqrt(fan_in)), PEFT's default
-  kaiming_uniform(a=sqrt(5)); B: zeros), drawn per parameter from its shape alone, so loading never builds (or
-  compiles) a random backbone."""
+  """Initial reward head (normal, std 0.02) and LoRA adapters (A: He-uniform over the input dims, B: zeros),
+  drawn per parameter from its shape alone, so loading never builds (or compiles) a random backbone."""
   out = {}
   key = jax.random.PRNGKey(seed)
   flat = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(nn.unbox(abstract)).items()}
@@ -200,23 +204,7 @@ def _fresh_head_and_adapters(abstract, seed: int) -> dict[str, jax.Array]:
       out[path] = 0.02 * jax.random.normal(k, leaf.shape, leaf.dtype)
     elif path.startswith("lora/") and path.endswith("lora_a"):
       fan_in = int(np.prod(leaf.shape[:-1]))
-      out[path] = jax.random.uniform(k, leaf.shape, leaf.dtype, -1.0, 1.0) / np.sqrt(fan_in)
+      out[path] = jax.random.uniform(k, leaf.shape, leaf.dtype, -1.0, 1.0) * np.sqrt(6.0 / fan_in)
     elif path.startswith("lora/") and path.endswith("lora_b"):
       out[path] = jnp.zeros(leaf.shape, leaf.dtype)
   return out
-
-
-def lora_config(config) -> LoraConfig:
-  """The adapters a training config asks for (none unless ``train.trainable == "lora"``)."""
-  if config.train.trainable != "lora":
-    return LoraConfig()
-  return LoraConfig(rank=config.lora.rank, alpha=float(config.lora.alpha), targets=tuple(config.lora.targets))
-
-
-def build_model(config):
-  """``(model, variables, tokenizer, model_dir)`` of a training config's backbone (``config.model``)."""
-  m = config.model
-  model, variables, model_dir = load_reward_model(
-      m.name, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), pooling=m.pooling,
-      lora=lora_config(config), head_seed=m.head_seed, remat_policy=m.remat_policy, last_token_only=m.last_token_only)
-  return model, variables, load_tokenizer(model_dir), model_dir

@@ -3,13 +3,18 @@
 HF ``Linear.weight`` is ``[out, in]``; a dial_jax kernel is ``in_shape + out_shape`` (e.g. q_proj
 ``[D, N, H]``, o_proj ``[N, H, D]``), so loading is ``W.T.reshape(kernel_shape)`` and exporting the
 inverse. Norm weights are stored exactly as HF stores them (Gemma's ``(1 + w)`` lives in the forward).
+A ``scan_layers`` model stacks the per-layer parameters (``backbone/layers/...`` with a leading layer axis):
+:func:`stack_layers` / :func:`unstack_layers` convert between the two layouts, so the table itself stays per layer.
 """
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 # HF checkpoint prefixes in front of the decoder's own names, most specific first.
 _PREFIXES = ("model.language_model.", "language_model.model.", "model.")
@@ -104,6 +109,66 @@ def to_hf(param: np.ndarray, kind: str) -> np.ndarray:
 def kind_of_path(path: str) -> str:
   """The layout kind of a dial_jax parameter path (inverse lookup of the table)."""
   return hf_name_to_path(path_to_hf_name(path))[1]
+
+
+_LAYER = re.compile(r"^(.*?\bbackbone/)layers_(\d+)/(.*)$")
+_STACKED = re.compile(r"^(.*?\bbackbone/)layers/(.*)$")
+
+
+def _stack(arrays):
+  if any(isinstance(a, jax.Array) for a in arrays):
+    return jnp.stack(arrays)
+  return np.stack([np.asarray(a) for a in arrays])
+
+
+def stack_layers(flat: dict[str, Any]) -> dict[str, Any]:
+  """Flat '/'-paths ``.../backbone/layers_{i}/rest`` -> ``.../backbone/layers/rest`` with a leading layer axis (the
+  ``scan_layers`` layout); other paths unchanged. Every layer must have the same leaves."""
+  out, groups = {}, {}
+  for path, value in flat.items():
+    m = _LAYER.match(path)
+    if m:
+      groups.setdefault(m.group(1) + "layers/" + m.group(3), {})[int(m.group(2))] = value
+    else:
+      out[path] = value
+  counts = {len(g) for g in groups.values()}
+  if len(counts) > 1 or any(sorted(g) != list(range(len(g))) for g in groups.values()):
+    raise ValueError("stack_layers: every layer needs the same parameters, layers 0..L-1")
+  for path, by_layer in groups.items():
+    out[path] = _stack([by_layer[i] for i in range(len(by_layer))])
+  return out
+
+
+def unstack_layers(flat: dict[str, Any]) -> dict[str, Any]:
+  """Inverse of :func:`stack_layers`: ``.../backbone/layers/rest`` [L, ...] -> ``.../backbone/layers_{i}/rest``."""
+  out = {}
+  for path, value in flat.items():
+    m = _STACKED.match(path)
+    if m:
+      for i in range(value.shape[0]):
+        out[f"{m.group(1)}layers_{i}/{m.group(2)}"] = value[i]
+    else:
+      out[path] = value
+  return out
+
+
+def is_stacked(flat: Iterable[str]) -> bool:
+  return any(_STACKED.match(p) for p in flat)
+
+
+def _map_tree(fn, variables):
+  flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(variables).items()}
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in fn(flat).items()})
+
+
+def stack_layer_variables(variables):
+  """A variables tree (``params``, ``lora``, ...) in the per-layer layout -> the stacked ``scan_layers`` layout."""
+  return _map_tree(stack_layers, variables)
+
+
+def unstack_layer_variables(variables):
+  """A variables tree in the stacked ``scan_layers`` layout -> the per-layer layout (unchanged if not stacked)."""
+  return _map_tree(unstack_layers, variables)
 
 
 def missing_and_unexpected(expected: Iterable[str], found: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -17,6 +17,8 @@ from dial_jax.models import layers
 
 FULL = "full_attention"
 SLIDING = "sliding_attention"
+MIXED = "mixed"  # scanned layers of both types: a per-layer flag picks the mask and RoPE inside the scan
+ATTENTIONS = ("xla", "splash")
 
 # The names LoRA may target; they match transformers/PEFT module names.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -91,11 +93,14 @@ class Attention(nn.Module):
   lora: LoraConfig = LoraConfig()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention: str = "xla"
+  mesh: Any = None
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv=None):
+  def __call__(self, x, positions, mask, kv=None, sliding=None):
     """Self-attention of x; with ``kv=(x_kv, positions_kv)`` the queries come from x and the keys/values from
-    x_kv (the last-token-only final layer)."""
+    x_kv (the last-token-only final layer, always the xla path). ``mask``: a boolean [B, 1, T, S] mask for xla, the
+    [B, T] segment ids for splash. ``sliding``: the traced per-layer flag of a MIXED (scanned) layer."""
     cfg = self.config
     x_kv, positions_kv = (x, positions) if kv is None else kv
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
@@ -112,14 +117,24 @@ class Attention(nn.Module):
       norm = dict(eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype)
       q = layers.RMSNorm(h, name="q_norm", **norm)(q)
       key = layers.RMSNorm(h, name="k_norm", **norm)(key)
-    if self.layer_type == SLIDING and cfg.rope_local_theta is not None:
-      theta, scaling = cfg.rope_local_theta, cfg.rope_local_scaling
+    global_freq = layers.rope_inv_freq(h, cfg.rope_theta, dict(cfg.rope_scaling) if cfg.rope_scaling else None)
+    local_freq = global_freq
+    if cfg.rope_local_theta is not None:
+      scaling = cfg.rope_local_scaling
+      local_freq = layers.rope_inv_freq(h, cfg.rope_local_theta, dict(scaling) if scaling else None)
+    if self.layer_type == MIXED:
+      inv_freq = jnp.where(sliding, local_freq, global_freq)
     else:
-      theta, scaling = cfg.rope_theta, cfg.rope_scaling
-    inv_freq = layers.rope_inv_freq(h, theta, dict(scaling) if scaling else None)
+      inv_freq = local_freq if self.layer_type == SLIDING else global_freq
     q = layers.apply_rope(q, positions, inv_freq)
     key = layers.apply_rope(key, positions_kv, inv_freq)
-    out = layers.dot_product_attention(q, key, v, mask, cfg.attention_scale, cfg.attn_logit_softcapping)
+    if self.attention == "splash" and kv is None:
+      from dial_jax.models import splash  # local import: Pallas is only needed for splash
+      out = splash.attention(q, key, v, mask, cfg, self.layer_type, sliding=sliding, mesh=self.mesh)
+    else:
+      if self.layer_type == MIXED:
+        mask = jnp.where(sliding, mask[SLIDING], mask[FULL])
+      out = layers.dot_product_attention(q, key, v, mask, cfg.attention_scale, cfg.attn_logit_softcapping)
     return proj("o_proj", (n, h), (d,), ("heads", "head_dim"), ("embed",), cfg.o_bias)(out)
 
 
@@ -129,24 +144,27 @@ class DecoderLayer(nn.Module):
   lora: LoraConfig = LoraConfig()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention: str = "xla"
+  mesh: Any = None
+  scanned: bool = False  # body of nn.scan: returns (x, None)
 
   @nn.compact
-  def __call__(self, x, positions, masks, query_index=None):
+  def __call__(self, x, positions, masks, query_index=None, sliding=None):
     """One block. With ``query_index`` [B, Q] only those positions of each row are computed (their keys and
-    values still come from every position), and the output is [B, Q, D]."""
+    values still come from every position; ``masks`` then hold the query rows [B, 1, Q, S]), and the output is
+    [B, Q, D]. ``sliding``: this layer's flag when ``layer_type`` is MIXED."""
     cfg = self.config
     norm = dict(dim=cfg.hidden_size, eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype,
                 param_dtype=self.param_dtype)
-    mask = masks[self.layer_type]
+    mask = masks if self.layer_type == MIXED else masks[self.layer_type]
     h = layers.RMSNorm(name="input_layernorm", **norm)(x)
     kv = None
     if query_index is not None:
       kv = (h, positions)
       x, h = (jnp.take_along_axis(a, query_index[:, :, None], axis=1) for a in (x, h))
       positions = jnp.take_along_axis(positions, query_index, axis=1)
-      mask = jnp.take_along_axis(mask, query_index[:, None, :, None], axis=2)
-    h = Attention(cfg, self.layer_type, self.lora, self.dtype, self.param_dtype, name="self_attn")(
-        h, positions, mask, kv)
+    h = Attention(cfg, self.layer_type, self.lora, self.dtype, self.param_dtype, self.attention, self.mesh,
+                  name="self_attn")(h, positions, mask, kv, sliding)
     if cfg.sandwich_norm:
       h = layers.RMSNorm(name="post_attention_layernorm", **norm)(h)
     x = x + h
@@ -157,7 +175,7 @@ class DecoderLayer(nn.Module):
                         dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")(h)
     if cfg.sandwich_norm:
       h = layers.RMSNorm(name="post_feedforward_layernorm", **norm)(h)
-    return x + h
+    return (x + h, None) if self.scanned else x + h
 
 
 class Decoder(nn.Module):
@@ -166,6 +184,11 @@ class Decoder(nn.Module):
   Positions are ``cumsum(attention_mask) - 1``, so left- and right-padded copies of a text get the same
   hidden states at their real tokens. Packed rows (``dial_jax.data.packing``) pass ``packed=(segment_ids,
   positions, branch_ids)`` instead of an attention mask.
+
+  ``scan_layers``: the layers' parameters are stacked under ``layers`` (leading axis = layer, logical axis name
+  ``layers``) and run with ``nn.scan`` (remat inside the scan); Gemma 3's local/global layers are told apart by a
+  scanned per-layer flag. ``attention="splash"``: the Pallas TPU splash kernel (``dial_jax.models.splash``) in
+  every full-sequence layer, inside ``shard_map`` over ``mesh`` (or the context mesh).
   """
 
   config: DecoderConfig
@@ -173,26 +196,44 @@ class Decoder(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat_policy: str = "none"
+  scan_layers: bool = False
+  attention: str = "xla"
+  mesh: Any = None
 
   def setup(self):
     cfg = self.config
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"attention {self.attention!r}; choose from {ATTENTIONS}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy {self.remat_policy!r}; choose from {sorted(REMAT_POLICIES)}")
     self.embed_tokens = nn.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
-    layer_cls = DecoderLayer
-    if self.remat_policy != "none":
-      if self.remat_policy not in REMAT_POLICIES:
-        raise ValueError(f"remat_policy {self.remat_policy!r}; choose from {sorted(REMAT_POLICIES)}")
-      layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=True)
-    self.layers = [
-        layer_cls(cfg, cfg.layer_type(i), self.lora, self.dtype, self.param_dtype, name=f"layers_{i}")
-        for i in range(cfg.num_layers)
-    ]
+    common = dict(lora=self.lora, dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
+                  mesh=self.mesh)
+    if self.scan_layers:
+      self.layers = nn.scan(
+          self._layer_cls(), variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self._scan_type(), scanned=True, name="layers", **common)
+    else:
+      self.layers = [self._layer_cls()(cfg, cfg.layer_type(i), name=f"layers_{i}", **common)
+                     for i in range(cfg.num_layers)]
     self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, offset=cfg.norm_offset, dtype=self.dtype,
                                param_dtype=self.param_dtype)
     if not cfg.tie_word_embeddings:
       self.lm_head = layers.Projection((cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",),
                                        dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def _layer_cls(self):
+    if self.remat_policy == "none":
+      return DecoderLayer
+    # Inside nn.scan the loop already keeps the recomputation apart, so CSE prevention is not needed there.
+    return nn.remat(DecoderLayer, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers)
+
+  def _scan_type(self) -> str:
+    types = {self.config.layer_type(i) for i in range(self.config.num_layers)}
+    return types.pop() if len(types) == 1 else MIXED
 
   def __call__(self, input_ids, attention_mask=None, *, packed=None, return_all_hidden: bool = False,
                last_token_only: bool = False, query_index=None):
@@ -203,24 +244,72 @@ class Decoder(nn.Module):
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.hidden_size ** 0.5, dtype=x.dtype)
     types = {cfg.layer_type(i) for i in range(cfg.num_layers)}
+    if self.scan_layers:
+      types = {FULL, SLIDING} if self._scan_type() == MIXED else types
     window = lambda t: cfg.sliding_window if t == SLIDING else None
-    if packed is not None:
-      segment_ids, positions, branch_ids = packed
-      masks = {t: layers.packed_attention_mask(segment_ids, positions, branch_ids, window(t)) for t in types}
-    else:
+    if packed is None:
       positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
-      masks = {t: layers.attention_mask(attention_mask, window(t)) for t in types}
       if last_token_only:
         query_index = layers.last_token_index(attention_mask)[:, None]
-    all_hidden = [x]
-    for i, layer in enumerate(self.layers):
-      final = i == len(self.layers) - 1
-      x = layer(x, positions, masks, query_index if final else None)
-      all_hidden.append(x)
+      make_mask = lambda t: layers.attention_mask(attention_mask, window(t))
+      segment_ids = attention_mask.astype(jnp.int32)  # splash: padding is segment 0, every real token segment 1
+    else:
+      segment_ids, positions, branch_ids = packed
+      make_mask = lambda t: layers.packed_attention_mask(segment_ids, positions, branch_ids, window(t))
+    if self.attention == "splash":
+      masks = {t: segment_ids for t in types}
+      final_masks = None
+      if query_index is not None:  # the final layer's few queries take the xla path: only their mask rows
+        if packed is None:
+          rows = lambda t: layers.attention_mask(attention_mask, window(t), query_index)
+        else:
+          rows = lambda t: layers.packed_attention_mask(segment_ids, positions, branch_ids, window(t), query_index)
+        final_masks = {t: rows(t) for t in types}
+    else:
+      masks = {t: make_mask(t) for t in types}
+      final_masks = None if query_index is None else {
+          t: jnp.take_along_axis(m, query_index[:, None, :, None], axis=2) for t, m in masks.items()}
+    if self.scan_layers:
+      x, all_hidden = self._run_scanned(x, positions, masks, final_masks, query_index, return_all_hidden)
+    else:
+      all_hidden = [x]
+      for i, layer in enumerate(self.layers):
+        final = i == len(self.layers) - 1 and query_index is not None
+        x = layer(x, positions, final_masks if final else masks, query_index if final else None)
+        all_hidden.append(x)
     x = self.norm(x)
     if self.is_initializing() and not cfg.tie_word_embeddings:
       self.lm_head(x[:, :1])  # create the untied LM head's parameters (setup() submodules are lazy)
     return (x, all_hidden) if return_all_hidden else x
+
+  def _run_scanned(self, x, positions, masks, final_masks, query_index, return_all_hidden):
+    """The stacked layers: ``nn.scan`` for a plain forward (and init); for a final layer on ``query_index`` or
+    every layer's output, a ``lax.scan`` over the same stacked variables, the last layer applied on its own."""
+    cfg = self.config
+    flags = jnp.asarray([cfg.layer_type(i) == SLIDING for i in range(cfg.num_layers)])
+    if self.is_initializing() or (query_index is None and not return_all_hidden):
+      x, _ = self.layers(x, positions, masks, None, flags)
+      return x, None
+    stacked = {c: v["layers"] for c, v in self.variables.items() if "layers" in v}
+    layer = DecoderLayer(cfg, self._scan_type(), self.lora, self.dtype, self.param_dtype, self.attention, self.mesh,
+                         parent=None)  # applied functionally to slices of the stacked variables
+    def body(h, inputs):
+      variables, flag = inputs
+      h = layer.apply(variables, h, positions, masks, None, flag)
+      return h, (h if return_all_hidden else None)
+    if self.remat_policy != "none":
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat_policy])
+    n = cfg.num_layers - (query_index is not None)
+    head = jax.tree.map(lambda a: a[:n], stacked)
+    x0 = x
+    x, ys = jax.lax.scan(body, x, (head, flags[:n]))
+    all_hidden = [x0] + list(ys) if return_all_hidden else None
+    if query_index is not None:
+      last = jax.tree.map(lambda a: a[n], stacked)
+      x = layer.apply(last, x, positions, final_masks, query_index, flags[n])
+      if return_all_hidden:
+        all_hidden.append(x)
+    return x, all_hidden
 
   def logits(self, hidden):
     """Next-token logits from hidden states (tied embedding or ``lm_head``), float32, soft-capped if set."""

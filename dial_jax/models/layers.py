@@ -134,30 +134,34 @@ def last_token_index(attention_mask):
   return jnp.max(jnp.where(attention_mask > 0, jnp.arange(t)[None, :], 0), axis=-1)
 
 
-def attention_mask(attention_mask, sliding_window: int | None = None):
+def attention_mask(attention_mask, sliding_window: int | None = None, query_index=None):
   """Boolean [B, 1, T, T] mask: causal, keys restricted to real tokens, and to the last
-  ``sliding_window`` positions when given (distance counted in token slots, as transformers does)."""
+  ``sliding_window`` positions when given (distance counted in token slots, as transformers does).
+  With ``query_index`` [B, Q] only those query rows: [B, 1, Q, T]."""
   t = attention_mask.shape[-1]
-  q_idx = jnp.arange(t)[:, None]
-  k_idx = jnp.arange(t)[None, :]
+  q_idx = jnp.arange(t)[None, :, None] if query_index is None else query_index[:, :, None]
+  k_idx = jnp.arange(t)[None, None, :]
   allowed = k_idx <= q_idx
   if sliding_window is not None:
     allowed = allowed & (q_idx - k_idx < sliding_window)
-  return allowed[None, None] & attention_mask.astype(bool)[:, None, None, :]
+  return allowed[:, None] & attention_mask.astype(bool)[:, None, None, :]
 
 
-def packed_attention_mask(segment_ids, positions, branch_ids, sliding_window: int | None = None):
+def packed_attention_mask(segment_ids, positions, branch_ids, sliding_window: int | None = None, query_index=None):
   """Boolean [R, 1, T, T] mask of packed rows (``dial_jax.data.packing``): a query sees keys of its own sequence
   (same segment; a continuation also the shared prefix, branch 0) at positions up to its own, within the last
-  ``sliding_window`` positions when given. Padding queries see only themselves (no empty softmax rows)."""
-  seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
-  pos_q, pos_k = positions[:, :, None], positions[:, None, :]
-  br_q, br_k = branch_ids[:, :, None], branch_ids[:, None, :]
+  ``sliding_window`` positions when given. Padding queries see only themselves (no empty softmax rows).
+  With ``query_index`` [R, Q] only those query rows: [R, 1, Q, T]."""
+  t = segment_ids.shape[-1]
+  q_col = jnp.arange(t)[None, :] if query_index is None else query_index
+  q = lambda a: jnp.take_along_axis(a, q_col, axis=1)[:, :, None] if query_index is not None else a[:, :, None]
+  seg_q, seg_k = q(segment_ids), segment_ids[:, None, :]
+  pos_q, pos_k = q(positions), positions[:, None, :]
+  br_q, br_k = q(branch_ids), branch_ids[:, None, :]
   allowed = (seg_q == seg_k) & (seg_k > 0) & (pos_k <= pos_q) & ((br_k == 0) | (br_k == br_q))
   if sliding_window is not None:
     allowed = allowed & (pos_q - pos_k < sliding_window)
-  t = segment_ids.shape[-1]
-  allowed = allowed | ((seg_q == 0) & jnp.eye(t, dtype=bool)[None])
+  allowed = allowed | ((seg_q == 0) & (q_col[:, :, None] == jnp.arange(t)[None, None, :]))
   return allowed[:, None]
 
 

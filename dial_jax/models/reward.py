@@ -44,9 +44,13 @@ class RewardModel(nn.Module):
   remat_policy: str = "none"
   # Final layer on the last real token only (exact with pooling="last"; saves 1/num_layers of the compute).
   last_token_only: bool = False
+  scan_layers: bool = False  # layers stacked under backbone/layers and run with nn.scan
+  attention: str = "xla"     # xla | splash (Pallas TPU kernel; see dial_jax.models.splash)
+  mesh: Any = None           # splash's shard_map mesh; None = the context mesh (jax.set_mesh), else one device
 
   def setup(self):
-    self.backbone = Decoder(self.config, self.lora, self.dtype, self.param_dtype, self.remat_policy)
+    self.backbone = Decoder(self.config, self.lora, self.dtype, self.param_dtype, self.remat_policy,
+                            scan_layers=self.scan_layers, attention=self.attention, mesh=self.mesh)
     self.score = nn.Dense(1, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
                           kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)))  # replicated
 
