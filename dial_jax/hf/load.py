@@ -193,8 +193,9 @@ def load_reward_model(name_or_path: str | os.PathLike, *, dtype=jnp.float32, par
 
 
 def _fresh_head_and_adapters(abstract, seed: int) -> dict[str, jax.Array]:
-  """Initial reward head (normal, std 0.02) and LoRA adapters (A: He-uniform over the input dims, B: zeros),
-  drawn per parameter from its shape alone, so loading never builds (or compiles) a random backbone."""
+  """Initial reward head (normal, std 0.02) and LoRA adapters (A: uniform(+-1/sqrt(fan_in)), PEFT's default
+  kaiming_uniform(a=sqrt(5)); B: zeros), drawn per parameter from its shape alone, so loading never builds (or
+  compiles) a random backbone."""
   out = {}
   key = jax.random.PRNGKey(seed)
   flat = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(nn.unbox(abstract)).items()}
@@ -204,7 +205,23 @@ def _fresh_head_and_adapters(abstract, seed: int) -> dict[str, jax.Array]:
       out[path] = 0.02 * jax.random.normal(k, leaf.shape, leaf.dtype)
     elif path.startswith("lora/") and path.endswith("lora_a"):
       fan_in = int(np.prod(leaf.shape[:-1]))
-      out[path] = jax.random.uniform(k, leaf.shape, leaf.dtype, -1.0, 1.0) * np.sqrt(6.0 / fan_in)
+      out[path] = jax.random.uniform(k, leaf.shape, leaf.dtype, -1.0, 1.0) / np.sqrt(fan_in)
     elif path.startswith("lora/") and path.endswith("lora_b"):
       out[path] = jnp.zeros(leaf.shape, leaf.dtype)
   return out
+
+
+def lora_config(config) -> LoraConfig:
+  """The adapters a training config asks for (none unless ``train.trainable == "lora"``)."""
+  if config.train.trainable != "lora":
+    return LoraConfig()
+  return LoraConfig(rank=config.lora.rank, alpha=float(config.lora.alpha), targets=tuple(config.lora.targets))
+
+
+def build_model(config):
+  """``(model, variables, tokenizer, model_dir)`` of a training config's backbone (``config.model``)."""
+  m = config.model
+  model, variables, model_dir = load_reward_model(
+      m.name, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), pooling=m.pooling,
+      lora=lora_config(config), head_seed=m.head_seed, remat_policy=m.remat_policy, last_token_only=m.last_token_only)
+  return model, variables, load_tokenizer(model_dir), model_dir

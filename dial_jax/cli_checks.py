@@ -1,0 +1,84 @@
+"""Argument checks shared by the command-line tools, run before any model loads; errors are one line."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class UsageError(ValueError):
+  """A bad flag value or model directory, found before the model loads (one line)."""
+
+
+def check_positive(name: str, value: int) -> None:
+  if value is None or value < 1:
+    raise UsageError(f"--{name}={value}: must be at least 1")
+
+
+def check_input_file(flag: str, path: str) -> None:
+  p = Path(path)
+  if p.is_dir():
+    raise UsageError(f"--{flag}={path} is a directory, not a file")
+  if not p.is_file():
+    raise UsageError(f"--{flag}={path}: no such file")
+
+
+def check_output_file(output: str, input_path: str) -> None:
+  """The output can be written (its directory exists, it is not a directory) and is not the input."""
+  out = Path(output)
+  if out.is_dir():
+    raise UsageError(f"--output={output} is a directory; give a file path")
+  parent = out.parent
+  if not parent.is_dir():
+    raise UsageError(f"--output={output}: directory {parent} does not exist")
+  if not os.access(parent, os.W_OK):
+    raise UsageError(f"--output={output}: directory {parent} is not writable")
+  inp = Path(input_path)
+  if out.resolve() == inp.resolve() or (out.exists() and inp.exists() and out.samefile(inp)):
+    raise UsageError(f"--output={output} is the --input file; write the scores to another file")
+
+
+def check_model(model: str) -> None:
+  """Checks a local model directory's files (weights complete, tokenizer present) without loading them.
+
+  A training workdir is checked through its backbone (``model.name`` in its config.json) when that is a
+  local directory; bundled names and hub ids are left to the loader.
+  """
+  from dial_jax.hf import load
+  path = Path(model).expanduser()
+  if not path.exists():
+    if str(model).startswith((".", "/", "~")):
+      raise UsageError(f"--model={model}: no such directory")
+    return  # a bundled name or a hub id
+  if not path.is_dir():
+    raise UsageError(f"--model={model} is a file; give a model directory")
+  if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
+    try:
+      backbone = json.loads((path / "config.json").read_text())["model"]["name"]
+    except (ValueError, KeyError, TypeError):
+      raise UsageError(f"{path / 'config.json'}: not a training config (no model.name)") from None
+    if not any(p.name.isdigit() for p in (path / "checkpoints").iterdir()):
+      raise UsageError(f"--model={model}: training workdir without a checkpoint in {path / 'checkpoints'}")
+    path = Path(backbone).expanduser()
+    if not path.is_dir():
+      return
+  if not (path / "config.json").is_file():
+    raise UsageError(f"{path} has no config.json: not a Hugging Face model directory or training workdir")
+  try:
+    index = path / load.WEIGHTS_INDEX
+    if index.is_file():
+      try:
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+      except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"{index}: unreadable weight index ({type(e).__name__}: {e})") from None
+    else:
+      files = ["model.safetensors"] if (path / "model.safetensors").is_file() else []
+    for name in files:
+      if not (path / name).is_file():
+        raise UsageError(f"{path / name}: missing (named by {index.name})")
+      load.safetensors_header(path / name)
+    load.check_tokenizer_files(path)
+  except (ValueError, OSError) as e:
+    if isinstance(e, UsageError):
+      raise
+    raise UsageError(str(e)) from None
