@@ -4,11 +4,14 @@ r"""Evaluate a reward model on one canonical JSONL file and print the metrics as
 
 Pairs files give pairwise accuracy; scored-text files give Pearson and Spearman with the score.
 ``--model`` is a training workdir, an HF directory (e.g. from ``dial_jax.export``) or a bundled name.
+Flags, the data file and the model's files are checked before the model loads.
 """
 import json
+import sys
 
 from absl import app, flags
 
+from dial_jax import cli_checks as checks
 from dial_jax.data import pipeline
 from dial_jax import workdir
 from dial_jax.inference import evaluate_domain
@@ -22,8 +25,22 @@ flags.DEFINE_integer("limit", 0, "Evaluate only the first N examples (0 = all)."
 flags.DEFINE_bool("skip_bad_rows", False, "Skip malformed rows (reported) instead of stopping.")
 
 
+def check_args(model: str, data: str, batch_size: int, max_length: int, limit: int) -> None:
+  """Raises :class:`checks.UsageError` (one line) before anything is loaded."""
+  checks.check_positive("batch_size", batch_size)
+  checks.check_positive("max_length", max_length)
+  if limit is None or limit < 0:
+    raise checks.UsageError(f"--limit={limit}: must be 0 (all) or more")
+  checks.check_input_file("data", data)
+  checks.check_model(model)
+
+
 def main(argv):
   del argv
+  try:
+    check_args(FLAGS.model, FLAGS.data, FLAGS.batch_size, FLAGS.max_length, FLAGS.limit)
+  except checks.UsageError as e:
+    sys.exit(f"error: {e}")
   scorer = workdir.scorer_for(FLAGS.model, batch_size=FLAGS.batch_size, max_length=FLAGS.max_length)
   domain = pipeline.load_domain(FLAGS.data, scorer.tokenizer, FLAGS.max_length, skip_bad_rows=FLAGS.skip_bad_rows,
                                 limit=FLAGS.limit)

@@ -12,26 +12,70 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from absl import app, flags
 
+from dial_jax.cli_checks import UsageError
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).", required=True)
-flags.DEFINE_string("output", None, "HF directory to write (must not exist unless --overwrite).", required=True)
+flags.DEFINE_string("output", None, "HF directory to write (must not exist unless --overwrite); never the "
+                    "workdir, inside it, or a folder that holds it.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the written weights.")
 flags.DEFINE_string("max_shard_size", "2GB", "Split the weights into shards above this size (e.g. 2GB, 500MB).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output directory (only once the new one is complete).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --output, only once the new export is complete and "
+                  "only if it is empty or looks like a previous export: plain files only (no subdirectory, so "
+                  "never a workdir with checkpoints/), among them config.json and model.safetensors or "
+                  "model.safetensors.index.json. Anything else is refused.")
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """Steps of the finished checkpoints in ``workdir/checkpoints`` (orbax's integer step directories)."""
+  ckpt = Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()) if ckpt.is_dir() else []
+
+
+def check_args(workdir, output, step: int | None, overwrite: bool) -> None:
+  """Raises :class:`UsageError` (one line) for arguments that would fail or destroy data; loads nothing."""
+  wd, out = Path(workdir), Path(output)
+  if not (wd / "config.json").is_file() or not (wd / "checkpoints").is_dir():
+    raise UsageError(f"--workdir={workdir} is not a training workdir (needs config.json and checkpoints/)")
+  wd_real, out_real = wd.resolve(), out.resolve()
+  if out_real == wd_real:
+    raise UsageError(f"--output={output} is the workdir: exporting there would replace the training run")
+  if wd_real in out_real.parents:
+    raise UsageError(f"--output={output} is inside --workdir={workdir}; write the export outside the run")
+  if out_real in wd_real.parents:
+    raise UsageError(f"--output={output} contains --workdir={workdir}; replacing it would delete the run")
+  try:
+    model_name = json.loads((wd / "config.json").read_text())["model"]["name"]
+  except (ValueError, KeyError, TypeError):
+    model_name = None
+  if model_name and Path(model_name).expanduser().is_dir() and Path(model_name).expanduser().resolve() == out_real:
+    raise UsageError(f"--output={output} is the run's backbone directory (model.name); choose another")
+  steps = checkpoint_steps(wd)
+  if not steps:
+    raise UsageError(f"--workdir={workdir}: no checkpoint in {wd / 'checkpoints'}")
+  if step is not None and step not in steps:
+    raise UsageError(f"--step={step}: no such checkpoint in {wd / 'checkpoints'} "
+                     f"(available steps: {', '.join(map(str, steps))})")
+  from dial_jax.hf import export  # jax, flax: only once the cheap checks passed
+  try:
+    export.check_output_dir(output, overwrite)
+  except FileExistsError as e:
+    raise UsageError(str(e)) from None
 
 
 def main(argv):
   del argv
+  try:
+    check_args(FLAGS.workdir, FLAGS.output, FLAGS.step, FLAGS.overwrite)  # before the (slow) loading
+  except UsageError as e:
+    sys.exit(f"error: {e}")
   from dial_jax import workdir
   from dial_jax.hf import export
-  try:
-    export.check_output_dir(FLAGS.output, FLAGS.overwrite)  # before the (slow) loading
-  except FileExistsError as e:
-    sys.exit(f"error: {e}")
   model, variables, tokenizer, model_dir, _, step = workdir.load_trained(FLAGS.workdir, FLAGS.step)
   params = export.merge_lora(variables, model)
   n_adapters = len(_modules(variables["lora"])) if variables.get("lora") else 0

@@ -4,15 +4,19 @@ r"""Score texts with a reward model: one JSON row in, the same row plus ``"rewar
 
 Input rows are ``{"prompt": ..., "response": ...}`` or ``{"text": ...}``. ``--model`` is an HF-format model
 directory (e.g. one written by ``dial_jax.export``), a bundled model name, a hub id, or a training workdir.
+Flags, the input rows and the model's files are checked before the model loads; the output is written to a
+temporary file and renamed into place, never onto the input.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 
+from dial_jax.cli_checks import UsageError, check_input_file, check_model, check_output_file, check_positive
 from dial_jax.data import tokenize
 
 FLAGS = flags.FLAGS
@@ -23,10 +27,16 @@ flags.DEFINE_integer("batch_size", 8, "Texts per forward pass.")
 flags.DEFINE_integer("max_length", 1024, "Longest token sequence; longer texts keep their end.")
 flags.DEFINE_bool("skip_bad_rows", False, "Skip malformed rows (and report how many) instead of stopping.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_bool("overwrite_reward", False, "Replace the \"reward\" field of input rows that already have one "
+                  "(without this flag such a row is an error).")
 
 
 class BadRow(ValueError):
   pass
+
+
+class RewardExists(ValueError):
+  """An input row already has a ``"reward"`` field (never skipped by --skip_bad_rows)."""
 
 
 def row_text(row, where: str) -> str:
@@ -53,8 +63,9 @@ def row_text(row, where: str) -> str:
   return text
 
 
-def read_rows(path: str, skip_bad_rows: bool) -> tuple[list[dict], list[str], int]:
-  """(rows, texts, number skipped). Blank lines are ignored."""
+def read_rows(path: str, skip_bad_rows: bool, overwrite_reward: bool = False) -> tuple[list[dict], list[str], int]:
+  """(rows, texts, number skipped). Blank lines are ignored; a row with a ``"reward"`` field raises
+  :class:`RewardExists` unless ``overwrite_reward``."""
   rows, texts, skipped = [], [], 0
   with open(path, "rb") as f:
     for line_no, raw in enumerate(f, start=1):
@@ -70,7 +81,10 @@ def read_rows(path: str, skip_bad_rows: bool) -> tuple[list[dict], list[str], in
           row = json.loads(line)
         except json.JSONDecodeError as e:
           raise BadRow(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        texts.append(row_text(row, where))
+        text = row_text(row, where)
+        if "reward" in row and not overwrite_reward:
+          raise RewardExists(f"{where}: already has a 'reward' field; pass --overwrite_reward to replace it")
+        texts.append(text)
         rows.append(row)
       except BadRow as e:
         if not skip_bad_rows:
@@ -89,9 +103,16 @@ def load_scorer(model: str, batch_size: int, max_length: int, dtype: str):
 def main(argv):
   del argv
   try:
-    rows, texts, skipped = read_rows(FLAGS.input, FLAGS.skip_bad_rows)
+    check_positive("batch_size", FLAGS.batch_size)
+    check_positive("max_length", FLAGS.max_length)
+    check_input_file("input", FLAGS.input)
+    check_output_file(FLAGS.output, FLAGS.input)
+    rows, texts, skipped = read_rows(FLAGS.input, FLAGS.skip_bad_rows, FLAGS.overwrite_reward)
+    check_model(FLAGS.model)
   except BadRow as e:
-    sys.exit(f"error: {e}\n(pass --skip_bad_rows to skip malformed rows)")
+    sys.exit(f"error: {e} (pass --skip_bad_rows to skip malformed rows)")
+  except (UsageError, RewardExists) as e:
+    sys.exit(f"error: {e}")
   scorer = load_scorer(FLAGS.model, FLAGS.batch_size, FLAGS.max_length, FLAGS.dtype)
   rewards = scorer.score(texts, progress=True)
   tmp = FLAGS.output + ".tmp"

@@ -272,9 +272,18 @@ def _check_names(tensors: dict[str, _Tensor], expected: dict[str, tuple[int, ...
                      f"{unexpected[:10]}, shape mismatches (ours, transformers') {dict(list(wrong.items())[:10])}")
 
 
+def looks_like_export(path) -> bool:
+  """Whether directory ``path`` looks like a previous export: only plain files (no subdirectory, e.g. no
+  ``checkpoints/``, no symlink), among them ``config.json`` and ``model.safetensors`` or its index."""
+  entries = list(Path(path).iterdir())
+  names = {p.name for p in entries}
+  return ("config.json" in names and bool(names & {WEIGHTS_NAME, WEIGHTS_INDEX_NAME})
+          and all(p.is_file() and not p.is_symlink() for p in entries))
+
+
 def check_output_dir(output_dir, overwrite: bool) -> None:
   """Raise ``FileExistsError`` unless ``output_dir`` may be written: absent, or (with ``overwrite``) an empty
-  directory or one with a ``config.json`` (never a file, a symlink, or some other non-empty directory)."""
+  directory or one that :func:`looks_like_export` (never a file, a symlink, or any other directory)."""
   output_dir = Path(output_dir)
   if not output_dir.exists() and not output_dir.is_symlink():
     return
@@ -282,8 +291,9 @@ def check_output_dir(output_dir, overwrite: bool) -> None:
     raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
   if not output_dir.is_dir() or output_dir.is_symlink():
     raise FileExistsError(f"{output_dir} exists and is not a directory; refusing to replace it")
-  if any(output_dir.iterdir()) and not (output_dir / "config.json").exists():
-    raise FileExistsError(f"{output_dir} is not empty and has no config.json (not a model directory); "
+  if any(output_dir.iterdir()) and not looks_like_export(output_dir):
+    raise FileExistsError(f"{output_dir} does not look like a previous export (not a model directory: only "
+                          f"files, with config.json and {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}); "
                           "refusing to replace it")
 
 

@@ -64,9 +64,22 @@ def load_hf_config(model_dir: str | os.PathLike):
   return AutoConfig.from_pretrained(str(model_dir))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def check_tokenizer_files(model_dir: str | os.PathLike) -> None:
+  """``FileNotFoundError`` naming a local model directory that holds none of :data:`TOKENIZER_FILES`."""
+  model_dir = Path(model_dir)
+  if model_dir.is_dir() and not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+    raise FileNotFoundError(f"{model_dir} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+                            "save the tokenizer beside the weights (tokenizer.save_pretrained)")
+
+
 def load_tokenizer(model_dir: str | os.PathLike, padding_side: str = "right"):
   """``AutoTokenizer`` from the model directory, with a pad token guaranteed."""
   from transformers import AutoTokenizer
+  check_tokenizer_files(model_dir)
   tok = AutoTokenizer.from_pretrained(str(model_dir))
   tok.padding_side = padding_side
   if tok.pad_token is None:
@@ -74,11 +87,26 @@ def load_tokenizer(model_dir: str | os.PathLike, padding_side: str = "right"):
   return tok
 
 
+def safetensors_header(path: Path) -> tuple[dict, int]:
+  """``(header, header length)`` of a safetensors file; ``ValueError`` naming it when truncated or corrupt."""
+  size = os.path.getsize(path)
+  try:
+    with open(path, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      if 8 + n > size:
+        raise ValueError(f"header of {n:,} bytes past the end")
+      header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+  except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})") from None
+  if 8 + n + end > size:
+    raise ValueError(f"{path}: truncated safetensors file ({size:,} bytes, its header needs {8 + n + end:,})")
+  return header, n
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   """Memory-mapped tensors of one safetensors file (bf16 included, which safetensors' numpy backend lacks)."""
-  with open(path, "rb") as f:
-    (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
+  header, n = safetensors_header(path)
   data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
   out = {}
   for name, info in header.items():
