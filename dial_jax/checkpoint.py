@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 
 from dial_jax.train.state import TrainState
 
@@ -17,7 +19,8 @@ class Checkpointer:
     self.every = every
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True,
                                            cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+    self.directory = Path(workdir).absolute() / "checkpoints"
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -30,12 +33,39 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.StandardSave(state.replace(frozen={})), force=True)
 
   def restore(self, template: TrainState, step: int | None = None) -> TrainState:
-    """Restore ``step`` (default: latest) into the structure and shardings of ``template``."""
-    step = self.latest_step() if step is None else step
+    """Restore ``step`` (default: the newest readable checkpoint) into the structure and shardings of
+    ``template``. A checkpoint that cannot be read (truncated array file, missing metadata) is skipped with a
+    warning naming it, and the next older one is tried."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.replace(frozen={}))
-    restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return restored.replace(frozen=template.frozen)
+    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    for s in steps:
+      try:
+        restored = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
+        if step is not None:
+          raise
+        logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one", self.directory / str(s),
+                        type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      if not _all_finite(restored.trainable):
+        logging.warning("checkpoint %s holds non-finite parameters; trying an older one", self.directory / str(s))
+        continue
+      if s != steps[0]:
+        logging.warning("resuming from step %d, the newest readable checkpoint", s)
+      return restored.replace(frozen=template.frozen)
+    raise FileNotFoundError(f"{self.directory}: no readable checkpoint among steps {steps}; move the directory "
+                            "away to start afresh")
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+@jax.jit
+def _finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [jnp.array(True)]))
+
+
+def _all_finite(tree) -> bool:
+  """Works on sharded (multi-host) arrays: the reduction runs where the arrays live."""
+  return bool(_finite(tree))

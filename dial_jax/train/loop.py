@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from dial_jax import config as config_lib
 from dial_jax import parallel
 from dial_jax.checkpoint import Checkpointer
-from dial_jax.data import batching, pipeline
+from dial_jax.data import batching, pipeline, settings
 from dial_jax.hf import load
 from dial_jax.inference import Scorer, evaluate_domain
 from dial_jax.train import state as state_lib
@@ -76,6 +76,11 @@ def load_data(config: ml_collections.ConfigDict, tokenizer):
   (``data.max_eval_examples``) are the same draw for every seed, so runs are paired on the same examples."""
   d = config.data
   root = Path(d.dir) / d.setting
+  if (Path(d.dir) / settings.MANIFEST).is_file():  # prepared data: the splits must be those prepare wrote
+    settings.check_manifest(d.dir, d.setting)
+  else:
+    logging.info("%s has no %s (not made by dial_jax.prepare): split files are used as they are", d.dir,
+                 settings.MANIFEST)
   load_split = lambda split, limit=0: pipeline.load_domain(root / f"{split}.jsonl", tokenizer, d.max_length,
                                                           skip_bad_rows=d.skip_bad_rows, limit=limit,
                                                           truncation=d.truncation)

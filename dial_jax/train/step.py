@@ -137,7 +137,7 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
   if d.mode == "oracle":
     loss = source_loss + target_loss
   else:
-    loss = source_loss + 1e-3 * target_loss
+    loss = source_loss
   loss = loss + (domain if d.domain_loss == "dann" else lam * domain)
   if d.aux != "none":
     rows = slice(0, b_s) if d.aux == "source_sft" else slice(n_src, n_src + n_tgt)
@@ -197,7 +197,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic,
   updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
 
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  # The new parameters are checked too: a finite gradient can still overflow them (e.g. a huge learning rate).
+  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)]))
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & params_finite
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
       step=state.step + 1, rng=rng, trainable=keep(trainable, state.trainable), opt_state=keep(opt_state, state.opt_state),
