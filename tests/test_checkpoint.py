@@ -43,7 +43,7 @@ def final_state(workdir):
 def train_metrics(workdir):
   rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
   by_step = {r["step"]: r for r in rows if r["kind"] == "train"}  # a re-run step's last record wins
-  return {s: {k: v for k, v in r.items() if k != "time"} for s, r in sorted(by_step.items())}
+  return {s: {k: v for k, v in r.items() if k not in ("time", "step_time_s")} for s, r in sorted(by_step.items())}
 
 
 def interrupt_after_checkpoint(dirs, workdir, sig):
