@@ -102,6 +102,14 @@ def test_check_manifest_names_the_changed_file(prepared, tmp_path):
     S.check_manifest(tmp_path / "nowhere", "few_shot")
 
 
+def test_out_dir_in_the_raw_folder_is_refused(tmp_path):
+  raw = _raw_copy(tmp_path, S.TLDR)
+  for out in (raw, raw / "splits"):
+    with pytest.raises(ValueError, match="inside the raw folder"):
+      S.prepare_settings(raw, out, settings=["few_shot"])
+  assert sorted(p.name for p in raw.iterdir()) == ["summarize-from-feedback"]
+
+
 def test_truncated_asap_is_refused_naming_the_file(tmp_path, capsys):
   raw = _raw_copy(tmp_path, [p.relative_to(RAW).as_posix() for p in S.ukp_files(RAW)])
   (raw / S.ASAP).parent.mkdir(parents=True)

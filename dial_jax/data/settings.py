@@ -99,7 +99,7 @@ def check_raw(settings: Sequence[str], raw_dir: Path) -> None:
   if "simple_to_complex" in settings and not ukp_files(raw_dir):
     missing.append(f"simple_to_complex: {Path(raw_dir) / UKP_DIR}/*.csv")
   if missing:
-    raise MissingRawFiles("raw files missing under " + str(raw_dir) + ":\n  " + "\n  ".join(missing))
+    raise MissingRawFiles(f"raw files missing under {raw_dir}: " + "; ".join(missing))
 
 
 def check_published(settings: Sequence[str], raw_dir: Path) -> None:
@@ -290,6 +290,8 @@ def prepare_settings(raw_dir: str | Path, out_dir: str | Path, seed: int = 0,
   if out_dir.exists() and not out_dir.is_dir():
     raise NotADirectoryError(f"--out_dir {out_dir} exists and is not a directory")
   real_out = out_dir.resolve()
+  if real_out == raw_dir.resolve() or raw_dir.resolve() in real_out.parents:
+    raise ValueError(f"--out_dir {out_dir} is or is inside the raw folder {raw_dir}; write the splits elsewhere")
   old = _read_manifest(real_out)
   tmp = _new_sibling(real_out, "tmp")
   try:
