@@ -36,6 +36,9 @@ def check_output_file(output: str, input_path: str) -> None:
   inp = Path(input_path)
   if out.resolve() == inp.resolve() or (out.exists() and inp.exists() and out.samefile(inp)):
     raise UsageError(f"--output={output} is the --input file; write the scores to another file")
+  tmp = Path(str(out) + ".tmp")  # written first, then renamed onto the output
+  if tmp.resolve() == inp.resolve() or (tmp.exists() and inp.exists() and tmp.samefile(inp)):
+    raise UsageError(f"--output={output}: its temporary file {tmp} is the --input file; choose another output")
 
 
 def check_model(model: str) -> None:

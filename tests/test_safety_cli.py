@@ -171,6 +171,10 @@ def test_score_output_must_not_be_the_input(score_cli, tmp_path, model_dir):
     _assert_one_line(score_cli(f"--model={model_dir}", f"--input={inp}", f"--output={output}", "--skip_bad_rows"),
                      "is the --input file")
   assert inp.read_bytes() == before  # the bad row did not vanish from the user's file
+  tmp_named = _rows(tmp_path / "x.jsonl.tmp", [{"text": "a"}])  # score writes OUTPUT.tmp, then renames it
+  _assert_one_line(score_cli(f"--model={model_dir}", f"--input={tmp_named}", f"--output={tmp_path / 'x.jsonl'}"),
+                   "is the --input file")
+  assert tmp_named.read_text() == '{"text": "a"}\n'
 
 
 def test_score_row_with_a_reward_needs_overwrite_reward(score_cli, tmp_path, model_dir):
