@@ -40,7 +40,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     if not (path / "config.json").exists():
       raise FileNotFoundError(f"{path} is a directory but has no config.json: not a Hugging Face model directory.")
     return path
-  from dial_jax.hf import bundled  # local import: conversion needs torch, most callers do not
+  from dial_jax.hf import bundled  # local import: only bundled names need the GGUF converter
   if str(name_or_path) in bundled.BUNDLED_MODELS:
     return bundled.bundled_hf_dir(str(name_or_path))
   if path.exists() or str(name_or_path).startswith((".", "/", "~")):
