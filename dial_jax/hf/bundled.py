@@ -127,10 +127,13 @@ def _locate_gguf(spec: BundledModel, work: pathlib.Path) -> pathlib.Path:
 
 def _convert(spec: BundledModel, work: pathlib.Path, out: pathlib.Path) -> None:
   """Dequantise the GGUF into ``out`` (float32 safetensors, config, tokenizer), with numpy only."""
-  import gguf
   from safetensors.numpy import save_file
 
   path = _locate_gguf(spec, work)
+  try:
+    import gguf
+  except ImportError as err:
+    raise ImportError(f"converting {path} needs the gguf package: pip install -e '.[bundled]' ({err})") from err
   reader = gguf.GGUFReader(path)
   meta = {key: field.contents() for key, field in reader.fields.items()}
   config = _hf_config(spec, meta, [t.name for t in reader.tensors], path)
