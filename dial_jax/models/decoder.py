@@ -256,8 +256,8 @@ class Decoder(nn.Module):
     else:
       segment_ids, positions, branch_ids = packed
       make_mask = lambda t: layers.packed_attention_mask(segment_ids, positions, branch_ids, window(t))
-    if self.attention == "splash":
-      masks = {t: segment_ids for t in types}
+    if self.attention == "splash":  # splash builds its own masks (dial_jax.models.splash)
+      masks = {t: segment_ids if packed is None else tuple(packed) for t in types}
       final_masks = None
       if query_index is not None:  # the final layer's few queries take the xla path: only their mask rows
         if packed is None:

@@ -54,16 +54,16 @@ def flat(tree):
   return {"/".join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}
 
 
-def packed_batch(seed=0):
-  """Two rows of 64 packed with shared prefixes (branch ids 1/2) from 8 random sequences (4 pairs)."""
+def packed_batch(seed=0, row_length=64):
+  """Two rows of ``row_length`` packed with shared prefixes (branch ids 1/2) from 8 random sequences (4 pairs)."""
   rng = np.random.default_rng(seed)
   prompts = [list(rng.integers(3, 200, n)) for n in (9, 5)]
   seqs = []
   for part in range(4):
     for p in prompts:
       seqs.append(p + list(rng.integers(3, 200, 4 + 3 * part)))
-  rows = packing.pack_rows(seqs, 2, row_length=64, share_prefix=True)
-  arrays = packing.to_arrays(rows, len(seqs), num_rows=len(rows), row_length=64, slots=8, pad_id=0)
+  rows = packing.pack_rows(seqs, 2, row_length=row_length, share_prefix=True)
+  arrays = packing.to_arrays(rows, len(seqs), num_rows=2, row_length=row_length, slots=8, pad_id=0)
   assert arrays["branch_ids"].max() == 2
   return arrays
 
