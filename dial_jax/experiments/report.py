@@ -1,9 +1,11 @@
-r"""The results report (markdown table + figures), built from the results file and the saved embeddings alone.
+r"""The results report (markdown + figures), built from the results file, the saved embeddings and the target_test
+scores of the data files alone. Rows of other grids (another fingerprint) in the same file are ignored.
 
-  python -m dial_jax.experiments.report --config=configs/experiments.py
+  python -m dial_jax.experiments.report --config=configs/experiments.py [--results=...] [--out=experiments/REPORT.md]
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -11,8 +13,11 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
+from absl import logging
 
-from dial_jax.experiments import runner
+from dial_jax.data import io as dio
+from dial_jax.data import pipeline
+from dial_jax.experiments import runner, selection
 
 # The paper's target metric (Wu & Choudhury, 2025), source-only -> DIAL, for reference only.
 PAPER = {
@@ -27,270 +32,677 @@ TITLES = {
     "few_shot": "few-shot-to-full (TL;DR)",
     "simple_to_complex": "simple-to-complex (UKPConvArg -> ASAP)",
 }
-METHODS = ("source_only", "dial", "oracle")
+RULES = ("label_free", "target_val")
+RULE_NAMES = {"label_free": "label-free", "target_val": "target_val"}
+ORACLE_MARGIN = {"accuracy": 0.05, "pearson": 0.10}   # issue 13: oracle >= source-only + this
+CONSISTENCY_TOL = 1e-3   # a run's test_scores must reproduce its recorded test metric to this
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+CHANGES = (
+    "**Subsets were not random.** `load_domain(limit=N)` kept the first N rows of a file sorted by id, so all 200 "
+    "simple-to-complex source pairs came from one of UKPConvArg's 30 topic files. Subsets are now seeded random "
+    "draws stratified by topic/group (`pipeline.subset_indices`), drawn once per setting (`data_seed`) and shared by "
+    "every run.",
+    "**The critic did not estimate W at this embedding scale.** With final hidden states of norm ≈ 100 the gradient "
+    "penalty could not hold the linear critic near 1-Lipschitz: its slope grew to ≈ 50 and \"W\" rose in every run, "
+    "source-only included, while λ·W's gradient swamped the source loss. The grid's critic now reads embeddings "
+    "divided by a stop-gradient RMS of the batch (`dial.critic_input_scale=rms`), so W is in units of the embedding "
+    "RMS and λ is on another scale than the paper's; the authors' unscaled critic runs as a variant at their λ "
+    "(own table below). Critic slope, gradient penalty and the gradient norms of the two loss terms are logged.",
+    "**The head barely moved.** The head (N(0, 0.02) init) now has its own learning rate (`train.head_learning_rate`) "
+    "and the schedule is constant, as the authors', instead of a short cosine.",
+    "**Truncation threw away the essays.** Long texts kept their last tokens; ASAP essays (nearly all longer than "
+    "the kept length) now keep their start, as the authors did (`data.truncation=start` for simple-to-complex).",
+    "**Weight decay on norm scales.** AdamW no longer decays norm scales, biases and other 1-D parameters.",
+    "**LoRA init and targets** now follow PEFT (kaiming-uniform a = √5 A matrices; q and v projections). The grid "
+    "does not use LoRA: it trains the top layer(s) in full on the prefix cache (`train.trainable=top_k`).",
+    "**The critic no longer runs when λ is statically 0** (source-only, oracle): before, they trained a critic and "
+    "added 0·W, where 0·inf = NaN would silently skip steps. Source-only rows therefore have no W history.",
+    "**λ without target labels.** A DIAL user has no target labels, so the main table reports DIAL at the λ of a "
+    "label-free rule (`selection.label_free_lambda`) beside the λ chosen on target_val; every λ runs for every seed "
+    "and the rules pick from finished runs. The learning-rate selection of the previous report is gone (one "
+    "configuration), as is the alternative-domain-loss table.",
+    "**Statistical power.** 5 seeds per cell, larger evaluation splits, a frozen-feature baseline (logistic "
+    "regression on the untrained backbone's last-token features) and a paired bootstrap interval of Δ.",
+)
 
 
-def _metric_name(rows: list[dict]) -> str:
-  return "accuracy" if "accuracy" in rows[0]["eval"]["target_test"] else "pearson"
+# ---------------------------------------------------------------------------------------------- data
 
 
-def _stats(values: list[float]) -> tuple[float, float, int]:
-  a = np.asarray(values, np.float64)
+def grid_rows(exp: ml_collections.ConfigDict, rows: list[dict]) -> list[dict]:
+  """The rows made under ``exp``'s grid (same fingerprint); the rest of the file is ignored."""
+  fingerprint = runner.grid_fingerprint(exp)
+  return [r for r in rows if r.get("grid") == fingerprint]
+
+
+def target_test_truth(exp: ml_collections.ConfigDict, setting: str) -> np.ndarray | None:
+  """The true scores of a scored setting's target_test examples, in the order the runner evaluated them: the
+  seeded group-stratified subset ``pipeline.load_domain(limit=exp.limits.target_test, seed=exp.data_seed)`` draws,
+  recomputed from the file without tokenizing. None for pair settings or when the file is missing."""
+  path = Path(exp.data_dir) / setting / "target_test.jsonl"
+  if not path.exists() or pipeline.file_kind(path) != "scored":
+    return None
+  rows, _ = dio.read_rows(path, "scored")
+  limit = exp.limits["target_test"]
+  if limit and limit < len(rows):
+    groups = [r["group"] if r.get("group") is not None else r["id"] for r in rows]
+    rows = [rows[i] for i in pipeline.subset_indices(groups, limit, exp.data_seed)]
+  return np.asarray([r["score"] for r in rows], np.float32)
+
+
+def _test(row: dict) -> float:
+  return selection.metric_of(row["eval"]["target_test"])
+
+
+def _mean_of(rows, fn) -> float:
+  values = [v for v in (fn(r) for r in rows) if v is not None and np.isfinite(v)]
+  return float(np.mean(values)) if values else float("nan")
+
+
+def stats(values) -> tuple[float, float, int]:
+  """(mean, sample std (0 for one value), n)."""
+  a = np.asarray(list(values), np.float64)
+  if not len(a):
+    return float("nan"), float("nan"), 0
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
 
 
-def _fmt(stats) -> str:
-  mean, std, n = stats
-  if n == 0:
-    return "—"
-  return f"{mean:.3f} ± {std:.3f} (n={n})" if n > 1 else f"{mean:.3f} (n=1)"
+def _history(row: dict, key: str, which: int = -1) -> float | None:
+  values = [h[key] for h in row.get("history", []) if h.get(key) is not None]
+  return float(values[which]) if values else None
 
 
-def summarize(exp: ml_collections.ConfigDict, rows: list[dict]) -> dict:
-  """Per setting: chosen lr/lambda and the test metric of each method's runs at them (over ``exp.seeds``)."""
+def _scores_ok(row: dict, truth) -> bool:
+  """Whether the row's per-example test scores reproduce its recorded test metric (same examples, same order)."""
+  scores = row.get("test_scores")
+  if not scores:
+    return False
+  if "accuracy" in row["eval"]["target_test"]:
+    return abs(selection.accuracy_of_margins(scores) - _test(row)) <= CONSISTENCY_TOL
+  return (truth is not None and len(truth) == len(scores)
+          and abs(selection.pearson_with(scores, truth) - _test(row)) <= CONSISTENCY_TOL)
+
+
+def delta_interval(source_only: list[dict], dial: list[dict], truth, *, num_samples: int = BOOTSTRAP_SAMPLES,
+                   seed: int = BOOTSTRAP_SEED) -> dict | None:
+  """Δ = DIAL − source-only on target_test, runs paired by seed (seeds present in both with usable test scores),
+  examples resampled (``selection.paired_bootstrap``): accuracy of margins for pairs, Pearson with ``truth`` for
+  scored texts. None when no seed pairs up."""
+  a = {r["seed"]: r for r in source_only if _scores_ok(r, truth)}
+  b = {r["seed"]: r for r in dial if _scores_ok(r, truth)}
+  seeds = sorted(set(a) & set(b))
+  if not seeds:
+    return None
+  pairs = "accuracy" in a[seeds[0]]["eval"]["target_test"]
+  metric = selection.accuracy_of_margins if pairs else selection.pearson_with
+  mean, lo, hi = selection.paired_bootstrap([a[s]["test_scores"] for s in seeds], [b[s]["test_scores"] for s in seeds],
+                                            metric, None if pairs else truth, num_samples=num_samples, seed=seed)
+  return {"delta": mean, "lo": lo, "hi": hi, "seeds": seeds}
+
+
+def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | None = None, *,
+              num_samples: int = BOOTSTRAP_SAMPLES) -> dict:
+  """Per setting with rows: the runs of each method (grid seeds and lambdas only), both lambda choices, the paired
+  bootstrap Δ under each, the variants and the per-lambda view. ``rows`` must already be this grid's."""
+  truths = truths or {}
   out = {}
   for setting in exp.settings:
-    everything = [r for r in rows if r["setting"] == setting]
-    if not everything:
+    mine = [r for r in rows if r["setting"] == setting]
+    if not mine:
       continue
-    mine = [r for r in everything if not r.get("variant")]
-    variants = [r for r in everything if r.get("variant")]
-    lr, lam = runner.selections(exp, setting, rows)
-    pick = {
-        "source_only": lambda r: r["mode"] == "source_only" and r["learning_rate"] == lr and r["seed"] in exp.seeds,
-        "dial": lambda r: (r["mode"] == "dial" and r["domain_loss"] == "wdgrl" and r["learning_rate"] == lr
-                           and r["lambda"] == lam and r["seed"] in exp.seeds),
-        "oracle": lambda r: r["mode"] == "oracle" and r["learning_rate"] == lr,
+    plain = [r for r in mine if not r.get("variant")]
+    by_mode = lambda m: sorted((r for r in plain if r["mode"] == m and (m.startswith("frozen_") or r["seed"] in
+                                                                         exp.seeds)), key=lambda r: r["seed"])
+    dial = {lam: [r for r in by_mode("dial") if r["lambda"] == lam] for lam in exp.lambdas}
+    dial = {lam: v for lam, v in dial.items() if v}
+    so = by_mode("source_only")
+    choice = {"label_free": selection.label_free_lambda(so, dial), "target_val": selection.target_val_lambda(dial)}
+    truth = truths.get(setting)
+    deltas = {}
+    for lam in set(choice.values()) - {None}:
+      deltas[lam] = delta_interval(so, dial[lam], truth, num_samples=num_samples)
+    variants = {}
+    for r in sorted((r for r in mine if r.get("variant")), key=lambda r: (r["variant"], r["lambda"], r["seed"])):
+      variants.setdefault((r["variant"], r["lambda"]), []).append(r)
+    variant_deltas = {k: delta_interval(so, v, truth, num_samples=num_samples) for k, v in variants.items()}
+    max_length, truncation = runner.setting_options(exp, setting)
+    done = {r["run_id"] for r in mine}
+    expected = [s.run_id for s in runner.grid(exp, setting)]
+    cache = [r["cache_seconds"] for r in mine if r.get("cache_seconds") is not None]
+    out[setting] = {
+        "metric": "accuracy" if "accuracy" in mine[0]["eval"]["target_test"] else "pearson",
+        "frozen_source": by_mode("frozen_source"), "frozen_oracle": by_mode("frozen_oracle"),
+        "source_only": so, "oracle": by_mode("oracle"), "dial": dial, "choice": choice, "deltas": deltas,
+        "variants": variants, "variant_deltas": variant_deltas, "sizes": mine[0]["data_sizes"],
+        "max_length": max_length, "truncation": truncation, "truth": truth,
+        "done": sum(1 for r in expected if r in done), "expected": len(expected),
+        "cache_seconds": max(cache) if cache else None, "rows": mine,
+        "bad_scores": sorted(r["run_id"] for r in mine if r.get("test_scores") and not _scores_ok(r, truth)),
     }
-    methods = {m: [r for r in mine if pick[m](r)] for m in METHODS}
-    alt = {}
-    for loss in exp.alt_domain_losses:
-      alt[loss] = [r for r in mine if r["mode"] == "dial" and r["domain_loss"] == loss and r["learning_rate"] == lr
-                   and r["lambda"] == lam]
-    out[setting] = {"lr": lr, "lambda": lam, "metric": _metric_name(mine), "methods": methods, "alt": alt,
-                    "rows": mine, "variants": variants, "sizes": mine[0]["data_sizes"],
-                    "cache_seconds": _cache_seconds(everything)}
   return out
 
 
-def _cache_seconds(rows: list[dict]) -> float | None:
-  """The prefix cache's compute time recorded by the runs (None if every run loaded a cache made before times
-  were kept: rows written then hold the load time, under a second)."""
-  seconds = [r["cache_seconds"] for r in rows if r.get("cache_seconds") is not None]
-  best = max(seconds, default=None)
-  return best if best is not None and best >= 5.0 else None
+# ---------------------------------------------------------------------------------------------- verdicts
 
 
-def _test(rows):
-  return [runner.target_metric(r, "target_test") for r in rows]
+def _fmt(st, digits: int = 3) -> str:
+  mean, std, n = st
+  if n == 0:
+    return "—"
+  return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})" if n > 1 else f"{mean:.{digits}f} (n=1)"
 
 
-def bar_chart(summary: dict, path: Path) -> None:
+def _fmt_delta(d: dict | None) -> str:
+  if d is None:
+    return "—"
+  return f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] (n={len(d['seeds'])})"
+
+
+def dial_runs(s: dict, rule: str) -> list[dict]:
+  lam = s["choice"][rule]
+  return [] if lam is None else s["dial"][lam]
+
+
+def bars(exp: ml_collections.ConfigDict, s: dict) -> list[tuple[str, str, str]]:
+  """Issue 13's "Done means" bars for one setting: (bar, status, evidence); status is one of "met", "not met",
+  "not enough runs yet" (a cell has fewer runs than the grid's seeds; the evidence then shows the numbers so far)."""
+  seeds = len(exp.seeds)
+  so = stats(_test(r) for r in s["source_only"])
+  out = []
+
+  def status(ok: bool, cells: dict[str, int]) -> str:
+    missing = {k: n for k, n in cells.items() if n < seeds}
+    if missing:
+      return "not enough runs yet"
+    return "met" if ok else "not met"
+
+  def counts(cells):
+    return ", ".join(f"{k} n={n}/{seeds}" for k, n in cells.items())
+
+  for rule in RULES:
+    lam = s["choice"][rule]
+    name = f"DIAL ({RULE_NAMES[rule]} λ) mean above source-only"
+    cells = {"source-only": so[2]} | {f"DIAL λ={k:g}": len(s["dial"].get(k, [])) for k in exp.lambdas}
+    if lam is None:
+      why = "no λ qualifies (source check or falling W)" if s["dial"] else "no DIAL runs yet"
+      st = status(False, cells)
+      out.append((name, st, f"{why}; {counts(cells)}"))
+      out.append((f"Δ interval ({RULE_NAMES[rule]} λ) excludes 0 above", st, why))
+      continue
+    di = stats(_test(r) for r in s["dial"][lam])
+    out.append((name, status(di[0] > so[0], cells),
+                f"λ={lam:g}: {di[0]:.3f} vs {so[0]:.3f} (Δ of means {di[0] - so[0]:+.3f}; {counts(cells)})"))
+    d = s["deltas"].get(lam)
+    name = f"Δ interval ({RULE_NAMES[rule]} λ) excludes 0 above"
+    if d is None:
+      out.append((name, "not enough runs yet", "no seed with test scores in both"))
+    else:
+      side = "above 0" if d["lo"] > 0 else ("below 0" if d["hi"] < 0 else "includes 0")
+      out.append((name, status(d["lo"] > 0, {**cells, "paired seeds": len(d["seeds"])}),
+                  f"{_fmt_delta(d)}: {side}"))
+  orc = stats(_test(r) for r in s["oracle"])
+  margin = ORACLE_MARGIN[s["metric"]]
+  name = f"oracle ≥ source-only + {margin:g}"
+  if not orc[2] or not so[2]:
+    out.append((name, "not enough runs yet", f"oracle n={orc[2]}, source-only n={so[2]}"))
+  else:
+    out.append((name, status(orc[0] >= so[0] + margin, {"oracle": orc[2], "source-only": so[2]}),
+                f"{orc[0]:.3f} vs {so[0]:.3f} + {margin:g} = {so[0] + margin:.3f} (oracle n={orc[2]}, "
+                f"source-only n={so[2]})"))
+  frozen = [_test(r) for r in s["frozen_source"]]
+  name = "source-only ≥ frozen-feature source baseline"
+  if not frozen or not so[2]:
+    out.append((name, "not enough runs yet", f"frozen baseline {'present' if frozen else 'missing'}, "
+                                             f"source-only n={so[2]}"))
+  else:
+    out.append((name, status(so[0] >= frozen[0], {"source-only": so[2]}),
+                f"{so[0]:.3f} vs {frozen[0]:.3f} (source-only n={so[2]})"))
+  return out
+
+
+def overall(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
+  """The bars across settings, as issue 13 states them, under each selection rule."""
+  lines = []
+  missing = [s for s in exp.settings if s not in summary]
+  for rule in RULES:
+    above = [s for s in summary if bars(exp, summary[s])[RULES.index(rule) * 2][1] == "met"]
+    excl = [s for s in summary if bars(exp, summary[s])[RULES.index(rule) * 2 + 1][1] == "met"]
+    pending = any(b[1] == "not enough runs yet" for s in summary for b in bars(exp, summary[s])[:4]) or missing
+    n = len(exp.settings)
+    ok1, ok2 = len(above) == n, len(excl) >= 2
+    lines.append(f"- {RULE_NAMES[rule]} λ: DIAL's mean above source-only in {len(above)}/{n} settings "
+                 f"(bar: all) — **{'met' if ok1 else ('not enough runs yet' if pending else 'not met')}**; "
+                 f"Δ interval above 0 in {len(excl)}/{n} (bar: ≥ 2) — "
+                 f"**{'met' if ok2 else ('not enough runs yet' if pending else 'not met')}**.")
+  for k, name in ((4, "oracle ≥ source-only + margin"), (5, "source-only ≥ frozen-feature baseline")):
+    met = [s for s in summary if bars(exp, summary[s])[k][1] == "met"]
+    pending = missing or any(bars(exp, summary[s])[k][1] == "not enough runs yet" for s in summary)
+    word = "met" if len(met) == len(exp.settings) else ("not enough runs yet" if pending else "not met")
+    lines.append(f"- {name}: {len(met)}/{len(exp.settings)} settings — **{word}**.")
+  if missing:
+    lines.append(f"- No runs yet for: {', '.join(missing)}.")
+  return lines
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _plt():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
+
+
+def method_bars(s: dict) -> list[tuple[str, list[float], float | None]]:
+  """(label, per-run test metrics, paper number) of the figure's bars for one setting."""
+  out = [("frozen\nsource", [_test(r) for r in s["frozen_source"]], None),
+         ("source-\nonly", [_test(r) for r in s["source_only"]], None)]
+  for rule in RULES:
+    lam = s["choice"][rule]
+    label = f"DIAL\n{RULE_NAMES[rule]}\n" + ("no λ" if lam is None else f"λ={lam:g}")
+    out.append((label, [_test(r) for r in dial_runs(s, rule)], None))
+  out += [("oracle", [_test(r) for r in s["oracle"]], None),
+          ("frozen\noracle", [_test(r) for r in s["frozen_oracle"]], None)]
+  return out
+
+
+def target_figure(summary: dict, path: Path) -> None:
+  """One panel per setting: target-test metric per method (mean, error bar = std over seeds, none when n = 1),
+  the paper's numbers as markers, the chance line (0.5 accuracy, 0 Pearson)."""
+  plt = _plt()
   settings = list(summary)
-  fig, ax = plt.subplots(figsize=(9, 4))
-  width = 0.26
-  for j, method in enumerate(METHODS):
-    means, errs = [], []
-    for s in settings:
-      mean, std, n = _stats(_test(summary[s]["methods"][method])) if summary[s]["methods"][method] else (0, 0, 0)
-      means.append(mean)
-      errs.append(std)
-    ax.bar(np.arange(len(settings)) + (j - 1) * width, means, width, yerr=errs, capsize=3, label=method)
-  ax.set_xticks(np.arange(len(settings)), [TITLES[s].split(" (")[0] for s in settings])
-  ax.set_ylabel("target test metric\n(accuracy; Pearson for simple-to-complex)", fontsize=8)
-  ax.axhline(0.5, color="gray", lw=0.5, ls=":")
-  ax.legend()
-  ax.set_title("dial_jax on CPU: Gemma-3-270M, top layer trained (mean ± std over seeds)")
+  fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4.4), squeeze=False)
+  for ax, setting in zip(axes[0], settings):
+    s = summary[setting]
+    entries = method_bars(s)
+    x = np.arange(len(entries))
+    for i, (label, values, _) in enumerate(entries):
+      mean, std, n = stats(values)
+      if not n:
+        ax.text(i, 0, "no runs", ha="center", va="bottom", fontsize=7, rotation=90, color="gray")
+        continue
+      ax.bar(i, mean, 0.7, color=f"C{i}", yerr=std if n > 1 else None, capsize=3)
+      ax.annotate(f"{mean:.3f}\nn={n}", (i, mean + (std if n > 1 else 0)), textcoords="offset points",
+                  xytext=(0, 2), ha="center", va="bottom", fontsize=6.5)
+    paper_so, paper_dial = PAPER[setting]
+    ax.plot([1.42], [paper_so], "k<", ms=6, label="paper (source-only, DIAL)")
+    ax.plot([2.42, 3.42], [paper_dial, paper_dial], "k<", ms=6)
+    chance = 0.5 if s["metric"] == "accuracy" else 0.0
+    ax.axhline(chance, color="gray", lw=0.8, ls=":", label=f"chance ({chance:g})")
+    ax.set_xticks(x, [e[0] for e in entries], fontsize=7)
+    ax.set_ylabel(f"target test {s['metric']}" + (" (Pearson with the true scores)" if s["metric"] == "pearson"
+                                                   else ""), fontsize=8)
+    lo = min([chance - 0.05] + [np.min(v) for _, v, _ in entries if v])
+    hi = max([max(PAPER[setting])] + [np.max(v) for _, v, _ in entries if v])
+    ax.set_ylim(lo - 0.02 if s["metric"] == "pearson" else max(0.0, lo - 0.05), hi + 0.12)
+    ax.set_title(TITLES[setting], fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+  fig.suptitle("Target-test metric (mean ± std over seeds)", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
-def _pca2(x: np.ndarray, basis_of: np.ndarray) -> np.ndarray:
-  mean = basis_of.mean(0)
-  _, _, vt = np.linalg.svd(basis_of - mean, full_matrices=False)
-  return (x - mean) @ vt[:2].T
+def _curve(rows: list[dict], key: str):
+  """(steps, mean over runs) of a history key (runs aligned on their common steps); None when absent."""
+  series = [{h["step"]: h[key] for h in r.get("history", []) if h.get(key) is not None} for r in rows]
+  series = [x for x in series if x]
+  if not series:
+    return None
+  steps = sorted(set.intersection(*(set(x) for x in series)))
+  return (np.asarray(steps), np.asarray([np.mean([x[t] for x in series]) for t in steps])) if steps else None
 
 
-def embedding_figure(exp: ml_collections.ConfigDict, summary: dict, path: Path) -> bool:
-  """2-D PCA of source/target last-token embeddings before and after source-only and DIAL training, and W
-  over training. False when the saved embeddings are not there (the figure is then left as it is)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  setting = exp.embedding_setting
-  if setting not in summary:
+def balance_figure(summary: dict, path: Path) -> bool:
+  """Per setting (columns): the gradient norms of the Bradley-Terry term and of the λ·domain term over steps for
+  DIAL at the label-free λ (else target_val's) vs source-only (log y); the critic slope ‖∇f‖; the W estimate.
+  Curves are means over the runs' seeds. False when no run has history."""
+  settings = [k for k, s in summary.items() if s["source_only"] or s["dial"]]
+  if not settings:
     return False
-  s = summary[setting]
-  runs = {m: [r for r in s["methods"][m] if r["seed"] == 0] for m in ("source_only", "dial")}
-  if not all(runs.values()):
-    return False
-  files = {m: runner.embeddings_path(exp, runner.RunSpec(setting, m, "wdgrl", runs[m][0]["lambda"],
-                                                         runs[m][0]["learning_rate"], 0)) for m in runs}
-  if not all(f.exists() for f in files.values()):
-    return False
-  data = {m: np.load(f) for m, f in files.items()}
-  fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-  panels = [("before training", data["dial"], "before"), ("after source-only", data["source_only"], "after"),
-            (f"after DIAL (λ={s['lambda']:g})", data["dial"], "after")]
-  for ax, (title, d, when) in zip(axes, panels):
-    src, tgt = d[f"{when}_source_train"], d[f"{when}_target_val"]
-    both = np.concatenate([src, tgt])
-    p_src, p_tgt = _pca2(src, both), _pca2(tgt, both)
-    ax.scatter(p_src[:, 0], p_src[:, 1], s=6, alpha=0.6, label=f"source ({len(src)})")
-    ax.scatter(p_tgt[:, 0], p_tgt[:, 1], s=6, alpha=0.6, label=f"target ({len(tgt)})")
-    ax.set_title(f"{title}: PCA of last-token embeddings", fontsize=9)
-    ax.legend(fontsize=7)
-  ax = axes[3]
-  for m in ("source_only", "dial"):
-    hist = runs[m][0]["history"]
-    ax.plot([h["step"] for h in hist], [h["wasserstein"] for h in hist], label=m)
-  ax.set_xlabel("step")
-  ax.set_ylabel("W estimate (critic, train batch)")
-  ax.set_title("W(source, target) over training", fontsize=9)
-  ax.legend(fontsize=7)
-  fig.suptitle(f"{TITLES[setting]}, seed 0", fontsize=10)
+  plt = _plt()
+  fig, axes = plt.subplots(3, len(settings), figsize=(4.4 * len(settings), 8.2), squeeze=False)
+  for j, setting in enumerate(settings):
+    s = summary[setting]
+    rule = "label_free" if s["choice"]["label_free"] is not None else "target_val"
+    lam = s["choice"][rule]
+    dial = dial_runs(s, rule)
+    tag = f"DIAL λ={lam:g} ({RULE_NAMES[rule]})" if lam is not None else "DIAL"
+    ax = axes[0, j]
+    for rows, key, label, style in (
+        (s["source_only"], "balance/source_grad_norm", "source-only: ‖∇ BT loss‖", "C0-"),
+        (dial, "balance/source_grad_norm", f"{tag}: ‖∇ BT loss‖", "C1-"),
+        (dial, "balance/domain_grad_norm", f"{tag}: ‖∇ λ·domain loss‖", "C1--")):
+      c = _curve(rows, key)
+      if c is not None:
+        ax.plot(*c, style, label=f"{label} (n={len(rows)})")
+    ax.set_yscale("log")
+    ax.set_title(TITLES[setting], fontsize=9)
+    ax.set_ylabel("gradient norm w.r.t. embeddings", fontsize=8)
+    ax.legend(fontsize=6.5)
+    for i, key, ylabel in ((1, "critic_slope", "critic slope ‖∇f‖ (GP target 1)"),
+                           (2, "wasserstein", "W estimate (critic, train batch)")):
+      ax = axes[i, j]
+      for lam_k, rows in sorted(s["dial"].items()):
+        c = _curve(rows, key)
+        if c is not None:
+          ax.plot(*c, lw=2.2 if lam_k == lam else 1.0, label=f"DIAL λ={lam_k:g} (n={len(rows)})"
+                  + (" chosen" if lam_k == lam else ""))
+      if i == 1:
+        ax.axhline(1.0, color="gray", lw=0.8, ls=":")
+      ax.set_ylabel(ylabel, fontsize=8)
+      ax.legend(fontsize=6.5)
+    axes[2, j].set_xlabel("step")
+  fig.suptitle("Loss balance, critic slope, W (mean over seeds)", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=90)
   plt.close(fig)
   return True
 
 
-def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figures: dict[str, str]) -> str:
+def _embedding_files(exp: ml_collections.ConfigDict, s: dict) -> dict[str, tuple[str, Path]]:
+  """Panel name -> (title, npz) for the embedding setting's seed-0 runs that saved embeddings."""
+  out = {}
+
+  def add(name, title, rows):
+    r = next((r for r in rows if r["seed"] == 0), None)
+    if r is not None:
+      f = runner.embeddings_path(exp, runner.RunSpec(r["setting"], r["mode"], r["domain_loss"], r["lambda"],
+                                                     r["learning_rate"], 0))
+      if f.exists():
+        out[name] = (title, f)
+
+  add("source_only", "after source-only", s["source_only"])
+  chosen = {}
+  for rule in RULES:
+    if s["choice"][rule] is not None:
+      chosen.setdefault(s["choice"][rule], []).append(RULE_NAMES[rule])
+  for lam, names in chosen.items():
+    add(f"dial_{lam:g}", f"after DIAL λ={lam:g} ({', '.join(names)})", s["dial"][lam])
+  add("oracle", "after oracle", s["oracle"])
+  return out
+
+
+def embedding_figure(exp: ml_collections.ConfigDict, summary: dict, path: Path) -> dict | None:
+  """2-D PCA of the embedding setting's source-train and target-val last-token embeddings before training and after
+  source-only / DIAL / oracle (seed 0). One PCA basis (fitted on every panel's points) and the same axis limits in
+  every panel, so distances compare across panels. Returns {"counts": (source, target), "panels": [...]} or None
+  when the saved embeddings are not there."""
+  s = summary.get(exp.embedding_setting)
+  if s is None:
+    return None
+  files = _embedding_files(exp, s)
+  if not files:
+    return None
+  data = {k: np.load(f) for k, (_, f) in files.items()}
+  first = next(iter(data.values()))
+  panels = [("before training", first["before_source_train"], first["before_target_val"])]
+  panels += [(title, data[k]["after_source_train"], data[k]["after_target_val"]) for k, (title, _) in files.items()]
+  everything = np.concatenate([np.concatenate([a, b]) for _, a, b in panels]).astype(np.float64)
+  mean = everything.mean(0)
+  _, _, vt = np.linalg.svd(everything - mean, full_matrices=False)
+  proj = [(t, (a - mean) @ vt[:2].T, (b - mean) @ vt[:2].T) for t, a, b in panels]
+  pts = np.concatenate([np.concatenate([a, b]) for _, a, b in proj])
+  pad = 0.05 * (pts.max(0) - pts.min(0))
+  lo, hi = pts.min(0) - pad, pts.max(0) + pad
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(proj), figsize=(3.8 * len(proj), 3.9), squeeze=False)
+  for ax, (title, a, b) in zip(axes[0], proj):
+    ax.scatter(a[:, 0], a[:, 1], s=6, alpha=0.6, label=f"source train ({len(a)} texts)")
+    ax.scatter(b[:, 0], b[:, 1], s=6, alpha=0.6, label=f"target val ({len(b)} texts)")
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+  fig.suptitle(f"{TITLES[exp.embedding_setting]}, seed 0: last-token embeddings, one PCA basis, same axes",
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  counts = sorted({(len(a), len(b)) for _, a, b in proj})
+  return {"counts": counts, "panels": [t for t, _, _ in proj]}
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+
+def _methods_text(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
   t = exp.train_config
+  head_lr = t.train.head_learning_rate or t.train.learning_rate
   lines = [
-      "# Quality: DIAL vs source-only on the four settings (CPU reproduction)", "",
-      "Generated by `python -m dial_jax.experiments.report` from `experiments/results.jsonl`; every number below comes "
-      "from a run recorded there (made with the commit in its `commit` field). Nothing is typed in by hand.", "",
       "## How the runs were made", "",
       f"- Backbone: bundled `{exp.model}`; only the top {exp.top_layers} layer(s), the final norm and the reward head "
-      "train (all their weights), the layers below are frozen and their activations cached once per text "
+      "train (all their weights); the layers below are frozen and their outputs cached once per text "
       "(`dial_jax/experiments/prefix_cache.py`, exact: `tests/test_experiments.py`).",
-      f"- Texts truncated to the last {exp.max_length} tokens; {t.train.num_steps} steps of "
-      f"{t.train.batch_size} pairs per domain, AdamW (wd {t.train.weight_decay}), cosine schedule, "
-      f"{t.train.warmup_steps} warm-up steps, clip {t.train.max_grad_norm}; critic {tuple(t.dial.critic_widths)} "
-      f"({t.dial.critic_activation} activation), critic_iter {t.dial.critic_iter}, γ {t.dial.gamma}, critic Adam lr "
-      f"{t.dial.critic_learning_rate}.",
-      f"- Selection on `target_val` only (seed 0): learning rate from {tuple(exp.select_learning_rates)} for "
-      f"source-only, then DIAL's λ from {tuple(exp.select_lambdas)} at that learning rate. Source-only, DIAL and "
-      "the alternative losses use the chosen values; the test split is read only for the table.",
-      f"- Seeds {tuple(exp.seeds)} (head init, batch order, critic init); oracle (target labels) seeds "
-      f"{tuple(exp.oracle_seeds)}.", "",
-      "## Target test metric", "",
-      "| setting | metric | train src / tgt, val / test | lr, λ | source-only | DIAL | Δ DIAL − src | oracle | "
-      "paper src → DIAL |",
+      f"- {t.train.num_steps} steps of {t.train.batch_size} pairs per domain, {t.train.optimizer} (weight decay "
+      f"{t.train.weight_decay} on matrices only), learning rate {t.train.learning_rate:g} (head "
+      f"{head_lr:g}), {t.train.lr_schedule} schedule after {t.train.warmup_steps} warm-up steps, gradient clip "
+      f"{t.train.max_grad_norm}.",
+      f"- Critic: widths {tuple(t.dial.critic_widths)}, activation {t.dial.critic_activation}, input scale "
+      f"`{t.dial.critic_input_scale}`, {t.dial.critic_iter} critic steps per step, γ {t.dial.gamma}, Adam lr "
+      f"{t.dial.critic_learning_rate:g}. Not run when λ is statically 0 (source-only, oracle).",
+      f"- Seeds {tuple(exp.seeds)} (head init, batch order, critic init) for source-only, DIAL at every λ in "
+      f"{tuple(exp.lambdas)}, and oracle (target labels); frozen-feature baselines are deterministic (one run). "
+      + (f"Variants {', '.join(f'`{v}` at λ={lam:g}' for v, lam in exp.variants)} at seeds "
+         f"{tuple(exp.variant_seeds)}." if exp.variants else "No variants."),
+      "- Frozen-feature baselines: L2-regularised pairwise logistic regression on the untrained model's last-token "
+      "features (chosen − rejected), fitted on the source pairs (frozen source) or on the target train pairs "
+      "(frozen oracle).",
+      f"- Splits: seeded group-stratified subsets (data seed {exp.data_seed}, limits "
+      + ", ".join(f"{k} {v}" for k, v in exp.limits.items()) + "), drawn once per setting and shared by every run. "
+      "Sizes actually used, and inputs:", "",
+      "| setting | source train | source val | target train | target val | target test | max length | truncation "
+      "| runs done |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
-  verdicts = []
   for setting, s in summary.items():
-    sizes = s["sizes"]
-    so, di, orc = (_stats(_test(s["methods"][m])) if s["methods"][m] else (0, 0, 0) for m in METHODS)
-    delta = di[0] - so[0] if so[2] and di[2] else float("nan")
-    paper = PAPER[setting]
-    lam = "—" if s["lambda"] is None else f"{s['lambda']:g}"
-    lines.append(
-        f"| {TITLES[setting]} | {s['metric']} | {sizes['source_train']} / {sizes['target_train']}, "
-        f"{sizes['target_val']} / {sizes['target_test']} | {s['lr']:g}, {lam} | {_fmt(so)} | {_fmt(di)} | "
-        f"{delta:+.3f} | {_fmt(orc)} | {paper[0]:.3f} → {paper[1]:.3f} |")
-    if so[2] and di[2]:
-      verdicts.append((setting, delta, so, di))
-  lines += ["", "Sizes are pairs (texts for ASAP's scored target splits). Mean ± sample std over seeds.", ""]
-  for setting, delta, so, di in verdicts:
-    word = "above" if delta > 0 else "not above"
-    lines.append(f"- {TITLES[setting]}: DIAL's mean is **{word}** source-only's ({di[0]:.3f} vs {so[0]:.3f}, "
-                 f"Δ {delta:+.3f}; seed std {di[1]:.3f} / {so[1]:.3f}).")
-  if figures.get("bars"):
-    lines += ["", f"![target metric per setting and method]({figures['bars']})"]
+    z = s["sizes"]
+    lines.append(f"| {TITLES[setting]} | " + " | ".join(str(z.get(k, "—")) for k in runner.SPLITS)
+                 + f" | {s['max_length']} | keep the {'start' if s['truncation'] == 'start' else 'end'} | "
+                 f"{s['done']}/{s['expected']} |")
+  lines += ["", "Sizes are pairs (texts with a score for ASAP's target splits). Few-shot has no source validation "
+            "split; its source check reads the source training pairs.", ""]
+  return lines
 
-  lines += ["", "## Alternative domain losses", ""]
-  alt_rows = [(setting, loss, runs) for setting, s in summary.items() for loss, runs in s["alt"].items() if runs]
-  if alt_rows:
-    lines += ["| setting | domain loss | λ | target test | target val |", "| --- | --- | --- | --- | --- |"]
-    for setting, s in summary.items():
-      if not any(s["alt"].values()):
-        continue
-      base_rows = {"source-only": s["methods"]["source_only"], "wdgrl (DIAL)": s["methods"]["dial"]}
-      for name, runs in list(base_rows.items()) + list(s["alt"].items()):
-        runs = [r for r in runs if r["seed"] in exp.alt_seeds]
-        if runs:
-          lines.append(f"| {TITLES[setting]} | {name} | {runs[0]['lambda']:g} | {_fmt(_stats(_test(runs)))} | "
-                       f"{_fmt(_stats([runner.target_metric(r) for r in runs]))} |")
-    lines += ["", f"Seeds {tuple(exp.alt_seeds)}; λ is DIAL's chosen value (DANN: the gradient-reversal weight)."]
+
+def _compute_text(summary: dict, rows: list[dict]) -> list[str]:
+  lines = ["## Compute", "",
+           "| setting | prefix cache (s, once) | frozen baseline (s/run) | source-only train (s/run) | DIAL train "
+           "(s/run) | oracle train (s/run) | all runs (min) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+  for setting, s in summary.items():
+    mine = s["rows"]
+
+    def per(mode, key="train_seconds"):
+      v = [r[key] for r in mine if r["mode"] == mode and r.get(key) is not None]
+      return f"{np.mean(v):.0f} (n={len(v)})" if v else "—"
+
+    cache = "—" if s["cache_seconds"] is None else f"{s['cache_seconds']:.0f}"
+    lines.append(f"| {TITLES[setting]} | {cache} | {per('frozen_source', 'seconds')} | {per('source_only')} | "
+                 f"{per('dial')} | {per('oracle')} | {sum(r['seconds'] for r in mine) / 60:.1f} |")
+  lines += ["", "Train seconds include compilation and the final evaluation on every split; frozen baselines: "
+            f"features, fit and evaluation. {len(rows)} runs in all; machine: "
+            f"{platform.machine()} CPU, {os.cpu_count()} cores; report written {time.strftime('%Y-%m-%d')}.", ""]
+  return lines
+
+
+def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figures: dict[str, str]) -> str:
+  fp = runner.grid_fingerprint(exp)
+  commits = sorted({r.get("commit", "?") for r in rows})
+  lines = [
+      "# Quality: DIAL vs source-only on the four settings (CPU reproduction)", "",
+      f"Generated by `python -m dial_jax.experiments.report` from `{exp.results}` (the {len(rows)} rows of grid "
+      f"`{fp}`; rows of other grids in the file are ignored; commits {', '.join(commits) or '—'}). Every number "
+      "below comes from those rows, the saved embeddings and the data files, except the paper's.", "",
+  ]
+  if not summary:
+    lines += [f"No runs of this grid in `{exp.results}` yet.", ""]
+  lines += _methods_text(exp, summary)
+
+  lines += [
+      "## Target test metric", "",
+      "Mean ± sample std over seeds (n = runs). DIAL is shown at the λ each rule picks from finished runs "
+      "(`dial_jax/experiments/selection.py`): **label-free** — the largest λ whose mean source-check metric stays "
+      "within one SE of source-only's while W falls during training (no target labels: what a DIAL user can do); "
+      "**target_val** — the best mean target_val metric (needs target labels; a reference). Δ = DIAL − source-only "
+      f"with its paired bootstrap 95 % interval (runs paired by seed, target_test examples resampled, "
+      f"{BOOTSTRAP_SAMPLES} draws, seed {BOOTSTRAP_SEED}; accuracy of margins for pairs, Pearson with the true "
+      "scores for ASAP). The paper's numbers (its own backbone and training budget) are for reference only.", "",
+      "| setting | metric | frozen source | source-only | DIAL, label-free λ | Δ label-free [95 %] | DIAL, target_val λ "
+      "| Δ target_val [95 %] | oracle | frozen oracle | paper src → DIAL |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for setting, s in summary.items():
+    cells = [TITLES[setting], s["metric"], _fmt(stats(_test(r) for r in s["frozen_source"])),
+             _fmt(stats(_test(r) for r in s["source_only"]))]
+    for rule in RULES:
+      lam = s["choice"][rule]
+      if lam is None:
+        cells += ["no λ qualifies" if s["dial"] else "—", "—"]
+      else:
+        cells += [f"λ={lam:g}: {_fmt(stats(_test(r) for r in s['dial'][lam]))}", _fmt_delta(s["deltas"].get(lam))]
+    cells += [_fmt(stats(_test(r) for r in s["oracle"])), _fmt(stats(_test(r) for r in s["frozen_oracle"])),
+              f"{PAPER[setting][0]:.3f} → {PAPER[setting][1]:.3f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  bad = [b for s in summary.values() for b in s["bad_scores"]]
+  if bad:
+    lines += ["", f"Runs left out of the Δ intervals because their test scores do not reproduce their recorded "
+              f"metric (or the true scores are missing): {', '.join(bad)}."]
+  if figures.get("target"):
+    lines += ["", f"![target metric per setting and method]({figures['target']})", "",
+              "Bars: mean over seeds; error bars: sample std over seeds (none when n=1); stars: the paper's "
+              "source-only and DIAL numbers; dotted line: chance (0.5 accuracy, 0 Pearson)."]
+
+  lines += ["", "## Issue 13's bars", "", "Across settings:", ""] + overall(exp, summary) + ["", "Per setting:", ""]
+  for setting, s in summary.items():
+    lines.append(f"- **{TITLES[setting]}**")
+    for name, st, evidence in bars(exp, s):
+      lines.append(f"  - {name}: **{st}** — {evidence}.")
+
+  lines += ["", "## What each selection rule saw (per λ)", "",
+            "Means over seeds. Source check: source_val accuracy (few-shot: source_train), the label-free rule's "
+            "guard; bar = source-only's mean − 1 SE. W and critic slope: the last logged training window; "
+            "'W falls' = share of seeds whose last-window W is below the first window's. Balance: mean ratio of "
+            "‖∇ λ·domain‖ to ‖∇ BT‖ in the last window.", "",
+            "| setting | run | n | target_val | target_test | source check | W first → last | W falls | critic slope "
+            "| balance | chosen by |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for setting, s in summary.items():
+    so = s["source_only"]
+    if so:
+      split, p, se = selection.source_check(so)
+      val = _mean_of(so, lambda r: selection.metric_of(r["eval"]["target_val"]))
+      lines.append(f"| {TITLES[setting]} | source-only | {len(so)} | {val:.3f} | {_mean_of(so, _test):.3f} | "
+                   f"{split} {p:.3f} (bar {p - se:.3f}) | — | — | — | — | |")
+      check = split
+    else:
+      check = None
+    for lam, runs in sorted(s["dial"].items()):
+      lines.append(f"| {TITLES[setting]} | DIAL λ={lam:g} | " + " | ".join(_lambda_cells(runs, check)) + " | "
+                   + ", ".join(RULE_NAMES[r] for r in RULES if s["choice"][r] == lam) + " |")
+
+  variants = [(setting, k, v) for setting, s in summary.items() for k, v in s["variants"].items()]
+  lines += ["", "## Variants", ""]
+  if variants:
+    lines += ["Same columns, plus Δ vs source-only over the seeds both have (paired bootstrap). "
+              "`dial.critic_input_scale=none` is the authors' critic on raw embeddings (the paper's λ).", "",
+              "| setting | variant | λ | n | target_val | target_test | source check | W first → last | W falls | "
+              "critic slope | balance | Δ vs source-only [95 %] |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for setting, (variant, lam), runs in variants:
+      so = summary[setting]["source_only"]
+      check = selection.source_check(so)[0] if so else None
+      lines.append(f"| {TITLES[setting]} | `{variant}` | {lam:g} | " + " | ".join(_lambda_cells(runs, check))
+                   + f" | {_fmt_delta(summary[setting]['variant_deltas'][(variant, lam)])} |")
   else:
-    lines.append("Not run yet.")
+    lines.append("No variant runs yet.")
 
-  lines += ["", "## Selection runs (target_val, seed 0)", "", "| setting | mode | lr | λ | target_val | target_test |",
-            "| --- | --- | --- | --- | --- | --- |"]
-  for setting, s in summary.items():
-    for r in sorted(s["rows"], key=lambda r: (r["mode"], r["learning_rate"], r["lambda"])):
-      if r["seed"] == 0 and r["domain_loss"] == "wdgrl" and r["mode"] != "oracle":
-        lines.append(f"| {setting} | {r['mode']} | {r['learning_rate']:g} | {r['lambda']:g} | "
-                     f"{runner.target_metric(r):.3f} | {runner.target_metric(r, 'target_test'):.3f} |")
-
-  explored = [(setting, r) for setting, s in summary.items() for r in s["variants"]]
-  if explored:
-    lines += ["", "## What else was tried (DIAL variants, seed 0, at the chosen lr and λ)", "",
-              "| setting | change | λ | target_val | target_test | source-only seed 0 (val / test) |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for setting, r in explored:
-      so = [x for x in summary[setting]["methods"]["source_only"] if x["seed"] == 0]
-      ref = (f"{runner.target_metric(so[0]):.3f} / {runner.target_metric(so[0], 'target_test'):.3f}" if so else "—")
-      lines.append(f"| {setting} | `{r['variant']}` | {r['lambda']:g} | {runner.target_metric(r):.3f} | "
-                   f"{runner.target_metric(r, 'target_test'):.3f} | {ref} |")
-    lines += ["", "These runs do not feed the main table (its configuration was fixed by the selection above)."]
+  lines += ["", "## Loss balance", ""]
+  if figures.get("balance"):
+    lines += [f"![loss balance]({figures['balance']})", "",
+              "Top: gradient norms (with respect to the batch's last-token embeddings, which the head reads "
+              "linearly) of the Bradley-Terry term and of the λ·domain term, averaged per "
+              f"{exp.train_config.train.log_every}-step window and over seeds, for DIAL at the label-free λ "
+              "(target_val's where no λ qualifies) and source-only. Middle: the critic's slope ‖∇f‖ (the gradient "
+              "penalty pulls it to 1). Bottom: the critic's W estimate on the training batches, every λ.", ""]
+  else:
+    lines += ["No training history yet.", ""]
 
   if figures.get("embeddings"):
-    lines += ["", "## Embeddings and W over training", "",
-              f"![embeddings before/after and W over training]({figures['embeddings']})", "",
-              "PCA fitted per panel on source-train and target-val last-token embeddings (150 texts each). W is the "
-              "critic's estimate on each step's training batch (source-only runs train the critic too, without "
-              "passing its gradient to the reward model)."]
+    emb = figures["embeddings_info"]
+    counts = "; ".join(f"{a} source-train and {b} target-val texts" for a, b in emb["counts"])
+    lines += ["## Embeddings", "", f"![embeddings before/after training]({figures['embeddings']})", "",
+              f"{TITLES[exp.embedding_setting]}, seed 0: {counts} per panel (chosen responses for pairs); panels: "
+              f"{', '.join(emb['panels'])}. One PCA basis fitted on all panels' points, the same axes in every "
+              "panel.", ""]
+  else:
+    lines += ["## Embeddings", "", f"Not drawn: no saved embeddings under `{exp.artifacts_dir}` for "
+              f"{exp.embedding_setting} (the runner saves them for seed 0).", ""]
 
-  run_seconds = sum(r["seconds"] for r in rows)
-  cache = {s: v["cache_seconds"] for s, v in summary.items()}
-  lines += ["", "## Compute", "",
-            f"- {len(rows)} runs, {run_seconds / 60:.1f} min of training + evaluation in all "
-            f"(median {np.median([r['seconds'] for r in rows]):.0f} s per run).",
-            "- Prefix caches (one forward pass of the frozen layers per text; made once per setting, then loaded): "
-            + ", ".join(f"{k} {v / 60:.1f} min" if v is not None else f"{k} not recorded (made by an earlier "
-                        "invocation before compute times were kept)" for k, v in cache.items()) + ".",
-            f"- Machine: {platform.machine()} CPU, {os.cpu_count()} cores (the project's 2-core CI kind); report "
-            f"written {time.strftime('%Y-%m-%d')}.", "",
-            "Reproduce: `python -m dial_jax.prepare --raw_dir=../shared/data/raw --out_dir=data` then "
+  lines += _compute_text(summary, rows)
+  lines += ["## What changed since the last report, and why", ""] + [f"{i}. {c}" for i, c in enumerate(CHANGES, 1)]
+  lines += ["", "Reproduce: `python -m dial_jax.prepare --raw_dir=../shared/data/raw --out_dir=data`, then "
             "`python -m dial_jax.experiments --config=configs/experiments.py` (resumes; skips finished runs), and "
-            "`python -m dial_jax.experiments.report --config=configs/experiments.py` to rebuild this page. One run: "
-            "`--settings=few_shot --max_runs=1`."]
+            "`python -m dial_jax.experiments.report --config=configs/experiments.py` to rebuild this page."]
   return "\n".join(lines) + "\n"
 
 
-def write_report(exp: ml_collections.ConfigDict, path: str) -> str:
-  """Write the report of the rows made under ``exp``'s grid (other rows in the file are ignored)."""
-  fingerprint = runner.grid_fingerprint(exp)
-  rows = [r for r in runner.read_results(exp.results) if r.get("grid") == fingerprint]
+def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
+  first = _mean_of(runs, lambda r: _history(r, "wasserstein", 0))
+  last = _mean_of(runs, lambda r: _history(r, "wasserstein"))
+  falls = [selection.w_falls(r) for r in runs]
+
+  def ratio(r):
+    d, b = _history(r, "balance/domain_grad_norm"), _history(r, "balance/source_grad_norm")
+    return d / b if d is not None and b else None
+
+  def num(x, digits=3):
+    return "—" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+  src = num(_mean_of(runs, lambda r: selection.metric_of(r["eval"][check]) if check in r["eval"] else None))
+  return [str(len(runs)), num(_mean_of(runs, lambda r: selection.metric_of(r["eval"]["target_val"]))),
+          num(_mean_of(runs, _test)), src, f"{num(first, 2)} → {num(last, 2)}", f"{sum(falls)}/{len(falls)}",
+          num(_mean_of(runs, lambda r: _history(r, "critic_slope")), 2), num(_mean_of(runs, ratio), 2)]
+
+
+def write_report(exp: ml_collections.ConfigDict, path: str, *, num_samples: int = BOOTSTRAP_SAMPLES) -> str:
+  """Write the report of the rows made under ``exp``'s grid (other rows in the file are ignored) and its figures
+  (``figures/`` beside ``path``); returns the markdown."""
+  rows = grid_rows(exp, runner.read_results(exp.results))
   path = Path(path)
   fig_dir = path.parent / "figures"
   fig_dir.mkdir(parents=True, exist_ok=True)
-  summary = summarize(exp, rows)
+  settings = {r["setting"] for r in rows}
+  truths = {s: target_test_truth(exp, s) for s in exp.settings if s in settings}
+  summary = summarize(exp, rows, truths, num_samples=num_samples)
   figures = {}
   if summary:
-    bar_chart(summary, fig_dir / "target_metric.png")
-    figures["bars"] = "figures/target_metric.png"
-    if embedding_figure(exp, summary, fig_dir / "embeddings.png") or (fig_dir / "embeddings.png").exists():
-      figures["embeddings"] = "figures/embeddings.png"
+    target_figure(summary, fig_dir / "target_metric.png")
+    figures["target"] = "figures/target_metric.png"
+    if balance_figure(summary, fig_dir / "loss_balance.png"):
+      figures["balance"] = "figures/loss_balance.png"
+    info = embedding_figure(exp, summary, fig_dir / "embeddings.png")
+    if info:
+      figures["embeddings"], figures["embeddings_info"] = "figures/embeddings.png", info
   text = render(exp, summary, rows, figures)
   notes = path.parent / "NOTES.md"
   if notes.exists():  # hand-written discussion, kept apart from the generated numbers
     text += "\n## Discussion (hand-written, `experiments/NOTES.md`)\n\n" + notes.read_text(encoding="utf-8")
   path.write_text(text, encoding="utf-8")
+  logging.info("wrote %s (%d rows of grid %s)", path, len(rows), runner.grid_fingerprint(exp))
   return text
 
 
 def main(argv):
-  del argv
-  write_report(FLAGS.config, FLAGS.report)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  exp = FLAGS.config
+  if FLAGS.results:
+    exp.results = FLAGS.results
+  write_report(exp, FLAGS.out)
 
 
 if __name__ == "__main__":
@@ -298,5 +710,6 @@ if __name__ == "__main__":
   from ml_collections import config_flags
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file("config", "configs/experiments.py", "Experiment grid config.", lock_config=False)
-  flags.DEFINE_string("report", "experiments/REPORT.md", "Output markdown file.")
+  flags.DEFINE_string("results", "", "Results file (default: the config's `results`).")
+  flags.DEFINE_string("out", "experiments/REPORT.md", "Output markdown file (figures go to figures/ beside it).")
   app.run(main)

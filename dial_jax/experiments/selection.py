@@ -29,15 +29,16 @@ def _mean(values) -> float:
   return float(np.mean(values)) if values else float("nan")
 
 
-def _w_falls(row: dict) -> bool:
+def w_falls(row: dict) -> bool:
+  """Whether the critic's W estimate of the run's last logged window is below that of its first."""
   ws = [h["wasserstein"] for h in row.get("history", []) if h.get("wasserstein") is not None]
   return len(ws) >= 2 and ws[-1] < ws[0]
 
 
-def label_free_lambda(source_only: Sequence[dict], dial: dict[float, Sequence[dict]]) -> float | None:
-  """The label-free choice (see the module docstring); None when no candidate qualifies or runs are missing."""
-  if not source_only or not dial:
-    return None
+def source_check(source_only: Sequence[dict]) -> tuple[str, float, float]:
+  """(split, source-only's mean source-check metric, its standard error): the label-free rule keeps a lambda whose
+  mean on that split is at least ``mean - se``. The SE is the larger of one run's binomial SE on the split and the
+  SE of the mean over seeds."""
   split = source_check_split(source_only[0])
   so = [metric_of(r["eval"][split]) for r in source_only]
   n = source_only[0]["eval"][split]["n"]
@@ -45,9 +46,17 @@ def label_free_lambda(source_only: Sequence[dict], dial: dict[float, Sequence[di
   se = float(np.sqrt(max(p * (1 - p), 1e-12) / n))  # binomial SE of one run's accuracy on the split
   if len(so) > 1:
     se = max(se, float(np.std(so, ddof=1) / np.sqrt(len(so))))
+  return split, p, se
+
+
+def label_free_lambda(source_only: Sequence[dict], dial: dict[float, Sequence[dict]]) -> float | None:
+  """The label-free choice (see the module docstring); None when no candidate qualifies or runs are missing."""
+  if not source_only or not dial:
+    return None
+  split, p, se = source_check(source_only)
   ok = [lam for lam, rows in dial.items() if rows
         and _mean(metric_of(r["eval"][split]) for r in rows) >= p - se
-        and np.mean([_w_falls(r) for r in rows]) > 0.5]
+        and np.mean([w_falls(r) for r in rows]) > 0.5]
   return max(ok) if ok else None
 
 

@@ -1,0 +1,261 @@
+"""The experiment report on synthetic rows: table numbers, both lambda choices, the paired bootstrap, the bars,
+figures, and rows of other grids ignored."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import experiments
+from dial_jax.data import pipeline
+from dial_jax.experiments import report, runner, selection
+
+N_PAIRS, N_ESSAYS, FILE_ESSAYS = 200, 30, 45
+# Per setting: target_test accuracy (few_shot) / Pearson (simple_to_complex) per seed of each method, and the
+# target_val / source-check numbers that decide the lambda choices.
+TEST = {
+    "few_shot": {"source_only": (0.60, 0.62, 0.64), "dial1": (0.62, 0.64, 0.66), "dial10": (0.70, 0.72, 0.74),
+                 "oracle": (0.72, 0.74, 0.76), "frozen_source": (0.55,), "frozen_oracle": (0.65,)},
+    "simple_to_complex": {"source_only": (0.30, 0.32, 0.34), "dial1": (0.29, 0.31, 0.33),
+                          "dial10": (0.50, 0.52, 0.54), "oracle": (0.36, 0.38, 0.40), "frozen_source": (0.40,),
+                          "frozen_oracle": (0.45,)},
+}
+# few_shot: both lambdas pass the source check, so label-free takes the largest (10); target_val prefers 1.
+# simple_to_complex: lambda 10 breaks the source check, so label-free takes 1; target_val prefers 10.
+VAL = {"few_shot": {"dial1": 0.70, "dial10": 0.65}, "simple_to_complex": {"dial1": 0.40, "dial10": 0.45}}
+SRC = {"few_shot": {"source_only": 0.90, "dial1": 0.90, "dial10": 0.89},
+       "simple_to_complex": {"source_only": 0.90, "dial1": 0.90, "dial10": 0.70}}
+
+
+def _exp(tmp_path):
+  exp = experiments.get_config()
+  exp.settings = ("few_shot", "simple_to_complex")
+  exp.seeds, exp.lambdas = (0, 1, 2), (1.0, 10.0)
+  exp.variants, exp.variant_seeds = (("dial.critic_input_scale=none", 0.01),), (0, 1)
+  exp.limits.target_test = N_ESSAYS
+  exp.data_dir, exp.results, exp.artifacts_dir = str(tmp_path / "data"), str(tmp_path / "r.jsonl"), str(tmp_path / "a")
+  return exp
+
+
+def _essays(exp, rng):
+  """A scored target_test file with more essays than the limit, so the runner's subset is a real draw."""
+  path = Path(exp.data_dir) / "simple_to_complex" / "target_test.jsonl"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  rows = [{"id": f"asap-{i:03d}", "text": f"essay {i}", "score": float(rng.integers(0, 13)),
+           "group": f"set{i % 3}"} for i in range(FILE_ESSAYS)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def _margins(acc, n, rng):
+  """Margins of n pairs with exactly round(acc * n) positive."""
+  k = int(round(acc * n))
+  m = np.concatenate([rng.uniform(0.1, 2, k), -rng.uniform(0.1, 2, n - k)])
+  return rng.permutation(m)
+
+
+def _rewards(r, truth, rng):
+  """Rewards whose Pearson with ``truth`` is about ``r`` (the exact value is what the row records)."""
+  z = (truth - truth.mean()) / truth.std()
+  noise = rng.standard_normal(len(truth))
+  noise -= noise.mean()
+  noise -= z * (noise @ z) / (z @ z)
+  noise /= noise.std()
+  return r * z + np.sqrt(1 - r * r) * noise
+
+
+def _key(spec):
+  if spec.mode == "dial" and not spec.variant:
+    return f"dial{spec.lambda_:g}"
+  return "dial1" if spec.variant else spec.mode
+
+
+def _history(setting, spec):
+  steps = (10, 20, 30)
+  rows = []
+  for i, step in enumerate(steps):
+    h = {"step": step, "loss": 1.0 - 0.1 * i, "balance/source_grad_norm": 1.0 / (i + 1)}
+    if spec.mode == "dial":
+      h.update({"wasserstein": 2.0 - 0.5 * i, "critic_slope": 1.0 + 0.01 * i,
+                "balance/domain_grad_norm": 0.1 * spec.lambda_ / (i + 1)})
+    rows.append(h)
+  return rows
+
+
+def make_rows(exp, truth, seed=0):
+  """One row per run of ``exp``'s grid, with test_scores that reproduce the recorded metrics."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for setting in exp.settings:
+    pairs = setting == "few_shot"
+    check = "source_train" if pairs else "source_val"
+    for spec in runner.grid(exp, setting):
+      key = _key(spec)
+      test = TEST[setting][key][spec.seed]
+      if pairs:
+        scores = _margins(test, N_PAIRS, rng)
+        tt = {"accuracy": selection.accuracy_of_margins(scores), "n": N_PAIRS, "chance": 0.5}
+      else:
+        scores = _rewards(test, truth, rng)
+        tt = {"pearson": float(np.corrcoef(scores, truth)[0, 1]), "n": N_ESSAYS, "chance": 0.0}
+      name = "accuracy" if pairs else "pearson"
+      val = VAL[setting].get(key, 0.6)
+      row = {"run_id": spec.run_id, "setting": setting, "mode": spec.mode, "domain_loss": spec.domain_loss,
+             "lambda": spec.lambda_, "learning_rate": spec.learning_rate, "seed": spec.seed, "variant": spec.variant,
+             "eval": {"target_test": tt, "target_val": {name: val, "n": 100},
+                      check: {"accuracy": SRC[setting].get(key, 0.9), "n": 100}},
+             "test_scores": [float(x) for x in scores], "history": _history(setting, spec),
+             "data_sizes": {"source_train": 400, "target_train": 400, "target_val": 100,
+                            "target_test": N_PAIRS if pairs else N_ESSAYS},
+             "cache_seconds": 60.0, "train_seconds": 20.0, "seconds": 21.0, "grid": runner.grid_fingerprint(exp),
+             "commit": "abc1234"}
+      rows.append(row)
+  return rows
+
+
+@pytest.fixture
+def grid(tmp_path):
+  exp = _exp(tmp_path)
+  rng = np.random.default_rng(1)
+  _essays(exp, rng)
+  truth = report.target_test_truth(exp, "simple_to_complex")
+  rows = make_rows(exp, truth)
+  # Rows of an older grid: other numbers, another setting; must not count.
+  stale = [dict(r, grid="0ld0ld0ld0ld", eval={**r["eval"], "target_test": {"accuracy": 0.99, "n": 8}})
+           for r in rows if r["setting"] == "few_shot" and r["mode"] == "source_only"]
+  stale.append(dict(stale[0], setting="cross_lingual", run_id="cross_lingual/x"))
+  for r in rows + stale:
+    runner.append_result(exp.results, r)
+  return exp, rows, truth
+
+
+def test_truth_is_the_subset_load_domain_draws(tmp_path):
+  """The ASAP target_test scores the report pairs with the rewards are load_domain's seeded stratified subset."""
+  exp = _exp(tmp_path)
+  path = _essays(exp, np.random.default_rng(3))
+
+  class Tok:
+    bos_token_id = 1
+
+    def __call__(self, texts, **_):
+      return {"input_ids": [[1] + [2 + ord(c) % 50 for c in t[:6]] for t in texts]}
+
+  domain = pipeline.load_domain(path, Tok(), 16, limit=N_ESSAYS, seed=exp.data_seed)
+  truth = report.target_test_truth(exp, "simple_to_complex")
+  assert len(truth) == N_ESSAYS < FILE_ESSAYS
+  np.testing.assert_array_equal(truth, domain.scores)
+  all_scores = np.asarray([json.loads(line)["score"] for line in path.read_text().splitlines()], np.float32)
+  assert not np.array_equal(truth, all_scores[:N_ESSAYS])  # a real draw, not the first rows
+  assert report.target_test_truth(exp, "few_shot") is None  # no file (and pairs have no scores)
+
+
+def test_summary_numbers_choices_and_other_grids_ignored(grid):
+  exp, rows, truth = grid
+  got = report.grid_rows(exp, runner.read_results(exp.results))
+  assert len(got) == len(rows) and all(r["setting"] != "cross_lingual" for r in got)
+  summary = report.summarize(exp, got, {"simple_to_complex": truth}, num_samples=200)
+  assert list(summary) == ["few_shot", "simple_to_complex"]
+  assert summary["few_shot"]["choice"] == {"label_free": 10.0, "target_val": 1.0}
+  assert summary["simple_to_complex"]["choice"] == {"label_free": 1.0, "target_val": 10.0}
+  for setting, s in summary.items():
+    for method in ("source_only", "oracle"):
+      mean, std, n = report.stats(report._test(r) for r in s[method])
+      want = np.asarray(TEST[setting][method])
+      assert n == 3 and mean == pytest.approx(want.mean(), abs=2e-3) and std == pytest.approx(want.std(ddof=1),
+                                                                                                 abs=3e-3)
+    assert (s["done"], s["expected"]) == (2 + 3 * 4 + 2, 2 + 3 * 4 + 2)
+    assert not s["bad_scores"]
+    # Δ under each rule: the point estimate is the mean over seeds of the paired metric differences.
+    for rule in report.RULES:
+      lam = s["choice"][rule]
+      d = s["deltas"][lam]
+      want = np.mean([report._test(b) - report._test(a) for a, b in zip(s["source_only"], s["dial"][lam])])
+      assert d["seeds"] == [0, 1, 2] and d["delta"] == pytest.approx(want, abs=1e-6) and d["lo"] < d["delta"] < d["hi"]
+  # The stale 0.99 source-only rows of the old grid did not enter the mean.
+  assert max(report._test(r) for r in summary["few_shot"]["source_only"]) < 0.7
+
+
+def test_report_text_bars_and_figures(grid, tmp_path):
+  exp, rows, truth = grid
+  art = {}
+  for spec in runner.grid(exp, "few_shot"):
+    if spec.seed == 0 and spec.mode in ("source_only", "dial", "oracle") and not spec.variant:
+      rng = np.random.default_rng(len(art))
+      art[spec.run_id] = runner.embeddings_path(exp, spec)
+      art[spec.run_id].parent.mkdir(parents=True, exist_ok=True)
+      np.savez(art[spec.run_id], before_source_train=rng.standard_normal((12, 16)),
+               before_target_val=rng.standard_normal((9, 16)) + 1, after_source_train=rng.standard_normal((12, 16)),
+               after_target_val=rng.standard_normal((9, 16)) + 0.5)
+  out = tmp_path / "rep" / "REPORT.md"
+  text = report.write_report(exp, str(out), num_samples=200)
+  assert out.read_text() == text
+  for name in ("target_metric", "loss_balance", "embeddings"):
+    assert (out.parent / "figures" / f"{name}.png").stat().st_size > 5000
+    assert f"figures/{name}.png" in text
+  assert "12 source-train and 9 target-val texts" in text
+  assert "cross-lingual" not in text.split("## What changed")[0]  # the stale grid's setting
+  fs = [line for line in text.splitlines() if line.startswith("| few-shot-to-full (TL;DR) | accuracy |")]
+  assert len(fs) == 1
+  so = np.asarray(TEST["few_shot"]["source_only"])
+  assert f"| {so.mean():.3f} ± {so.std(ddof=1):.3f} (n=3) |" in fs[0]
+  d10 = np.asarray(TEST["few_shot"]["dial10"])
+  assert f"| λ=10: {d10.mean():.3f} ± {d10.std(ddof=1):.3f} (n=3) |" in fs[0]
+  assert "| 0.550 (n=1) |" in fs[0] and "0.845 → 0.920" in fs[0]
+  bars = text.split("## Issue 13's bars")[1].split("## What each")[0]
+  few, s2c = bars.split("**few-shot-to-full (TL;DR)**")[1].split("**simple-to-complex (UKPConvArg -> ASAP)**")
+  assert "DIAL (label-free λ) mean above source-only: **met** — λ=10: 0.720 vs 0.620" in few
+  assert "Δ interval (label-free λ) excludes 0 above: **met**" in few
+  assert "oracle ≥ source-only + 0.05: **met**" in few
+  assert "source-only ≥ frozen-feature source baseline: **met** — 0.620 vs 0.550" in few
+  assert "DIAL (label-free λ) mean above source-only: **not met** — λ=1:" in s2c
+  assert "Δ interval (label-free λ) excludes 0 above: **not met**" in s2c
+  assert "DIAL (target_val λ) mean above source-only: **met** — λ=10:" in s2c
+  assert "oracle ≥ source-only + 0.1: **not met**" in s2c
+  assert "source-only ≥ frozen-feature source baseline: **not met** — 0.320 vs 0.400" in s2c
+  assert "label-free λ: DIAL's mean above source-only in 1/2 settings (bar: all) — **not met**" in bars
+  assert "target_val λ: DIAL's mean above source-only in 2/2 settings (bar: all) — **met**" in bars
+  per_lambda = text.split("## What each selection rule saw")[1].split("## Variants")[0]
+  assert "| few-shot-to-full (TL;DR) | DIAL λ=10 | 3 | 0.650 | 0.720 | 0.890 | 2.00 → 1.00 | 3/3 | 1.02 | 1.00 " \
+         "| label-free |" in per_lambda
+  assert "source_val 0.900 (bar " in per_lambda
+  variants = text.split("## Variants")[1].split("## Loss balance")[0]
+  assert variants.count("`dial.critic_input_scale=none` | 0.01 | 2 |") == 2
+
+
+def test_missing_seeds_are_not_enough_runs(grid, tmp_path):
+  exp, rows, truth = grid
+  rows = [r for r in rows if not (r["mode"] == "oracle" and r["seed"] == 2)]
+  summary = report.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
+  got = {name: st for name, st, _ in report.bars(exp, summary["few_shot"])}
+  assert got["oracle ≥ source-only + 0.05"] == "not enough runs yet"
+  assert got["source-only ≥ frozen-feature source baseline"] == "met"
+  rows = [r for r in rows if not (r["mode"] == "dial" and r["seed"] == 1 and r["lambda"] == 1.0)]
+  summary = report.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
+  got = {name: st for name, st, _ in report.bars(exp, summary["few_shot"])}
+  assert got["DIAL (label-free λ) mean above source-only"] == "not enough runs yet"  # λ=1's seeds still missing
+
+
+def test_bootstrap_contains_true_delta_and_is_reproducible():
+  """Paired accuracy differences drawn with a true gain of 0.08: the interval covers it and excludes 0; the same
+  seed gives the same interval, another seed another one."""
+  rng = np.random.default_rng(0)
+  n, true_delta = 400, 0.08
+  so, di = [], []
+  for seed in range(3):
+    base = rng.random(n) < 0.6
+    gain = rng.random(n) < true_delta / 0.4  # flips wrong -> right on ~20% of the wrong ones
+    margins_so = np.where(base, 1.0, -1.0)
+    margins_di = np.where(base | gain, 1.0, -1.0)
+    so.append({"seed": seed, "eval": {"target_test": {"accuracy": selection.accuracy_of_margins(margins_so)}},
+               "test_scores": margins_so.tolist()})
+    di.append({"seed": seed, "eval": {"target_test": {"accuracy": selection.accuracy_of_margins(margins_di)}},
+               "test_scores": margins_di.tolist()})
+  d = report.delta_interval(so, di, None, num_samples=1000)
+  assert d["lo"] <= true_delta <= d["hi"] and d["lo"] > 0
+  assert report.delta_interval(so, di, None, num_samples=1000) == d
+  other = report.delta_interval(so, di, None, num_samples=1000, seed=1)
+  assert other["delta"] == d["delta"] and (other["lo"], other["hi"]) != (d["lo"], d["hi"])
+  # Only seeds present in both pair up; a run whose scores contradict its recorded metric is left out.
+  assert report.delta_interval(so[:2], di[1:], None, num_samples=10)["seeds"] == [1]
+  bad = [dict(di[0], eval={"target_test": {"accuracy": 0.1}})] + di[1:]
+  assert report.delta_interval(so, bad, None, num_samples=10)["seeds"] == [1, 2]
