@@ -74,39 +74,73 @@ def load_model(model_dir, *, lora_rank: int = 0, lora_alpha: float = 0.0, lora_t
   return model.to(device).train()
 
 
-def copy_lora_from_dial_jax(model: nn.Module, lora_tree: Mapping) -> int:
-  """Copy dial_jax's LoRA adapters (the ``lora`` collection as nested numpy dicts) into a peft model.
+SCORE = "base_model.model.score.modules_to_save.default.weight"  # peft's trainable copy of the score head
+
+
+def lora_as_peft(lora_tree: Mapping) -> dict[str, np.ndarray]:
+  """dial_jax's LoRA adapters (the ``lora`` collection as nested numpy dicts) by peft parameter name.
 
   dial_jax: ``lora_a`` is ``in_shape + (r,)``, ``lora_b`` is ``(r,) + out_shape``; peft: ``lora_A.weight`` is
-  ``[r, in]``, ``lora_B.weight`` is ``[out, r]``. Returns the number of adapted modules.
+  ``[r, in]``, ``lora_B.weight`` is ``[out, r]``.
   """
-  modules = dict(model.named_modules())
-  layers = lora_tree["backbone"]
-  n = 0
-  for layer_name, blocks in layers.items():
+  out = {}
+  for layer_name, blocks in lora_tree["backbone"].items():
     if not layer_name.startswith("layers_"):
       continue
     i = int(layer_name.split("_")[1])
     for block, projs in blocks.items():
       for proj, ab in projs.items():
-        module = modules[f"base_model.model.model.layers.{i}.{block}.{proj}"]
         a, b = np.asarray(ab["lora_a"], np.float32), np.asarray(ab["lora_b"], np.float32)
         r = a.shape[-1]
-        with torch.no_grad():
-          module.lora_A["default"].weight.copy_(torch.from_numpy(a.reshape(-1, r).T.copy()))
-          module.lora_B["default"].weight.copy_(torch.from_numpy(b.reshape(r, -1).T.copy()))
-        n += 1
-  return n
+        prefix = f"base_model.model.model.layers.{i}.{block}.{proj}"
+        out[f"{prefix}.lora_A.default.weight"] = a.reshape(-1, r).T.copy()
+        out[f"{prefix}.lora_B.default.weight"] = b.reshape(r, -1).T.copy()
+  return out
+
+
+def trainable_as_peft(trainable: Mapping) -> dict[str, np.ndarray]:
+  """dial_jax's trainable LoRA + score head (``{"lora": ..., "params": {"score": ...}}``) by peft parameter name."""
+  return {**lora_as_peft(trainable["lora"]),
+          SCORE: np.asarray(trainable["params"]["score"]["kernel"], np.float32).T.copy()}
+
+
+def critic_as_torch(params: Mapping) -> dict[str, np.ndarray]:
+  """Flax ``Dense_i`` kernels ([in, out]) and biases by the :class:`Critic` parameter names they map to."""
+  out, i = {}, 0
+  while f"Dense_{i}" in params:
+    dense = params[f"Dense_{i}"]
+    out[f"{i}.weight"] = np.asarray(dense["kernel"], np.float32).T.copy()
+    out[f"{i}.bias"] = np.array(dense["bias"], np.float32)
+    i += 1
+  return out
+
+
+def copy_lora_from_dial_jax(model: nn.Module, lora_tree: Mapping) -> int:
+  """Copy dial_jax's LoRA adapters (see :func:`lora_as_peft`) into a peft model; returns the number of adapted
+  modules."""
+  params = dict(model.named_parameters())
+  values = lora_as_peft(lora_tree)
+  with torch.no_grad():
+    for name, value in values.items():
+      params[name].copy_(torch.from_numpy(value))
+  return len(values) // 2
 
 
 def copy_critic_from_dial_jax(critic: Critic, params: Mapping) -> None:
   """Flax ``Dense_i`` kernels ([in, out]) and biases into the critic's ``Linear`` layers, in order."""
   linears = [m for m in critic.net if isinstance(m, nn.Linear)]
+  values = critic_as_torch(params)
   with torch.no_grad():
     for i, lin in enumerate(linears):
-      dense = params[f"Dense_{i}"]
-      lin.weight.copy_(torch.from_numpy(np.asarray(dense["kernel"], np.float32).T.copy()))
-      lin.bias.copy_(torch.from_numpy(np.array(dense["bias"], np.float32)))
+      lin.weight.copy_(torch.from_numpy(values[f"{i}.weight"]))
+      lin.bias.copy_(torch.from_numpy(values[f"{i}.bias"]))
+
+
+def critic_params(critic: Critic) -> dict[str, np.ndarray]:
+  """The critic's ``Linear`` weights and biases as :func:`critic_as_torch` names them (``{i}.weight``: i-th Linear)."""
+  linears = [m for m in critic.net if isinstance(m, nn.Linear)]
+  return {f"{i}.{k}": getattr(lin, k).detach().cpu().numpy().copy() for i, lin in enumerate(linears)
+          for k in ("weight", "bias")}
 
 
 def gradient_penalty(critic: Critic, h_s, h_t, alpha):
@@ -126,7 +160,9 @@ class DialStep:
                max_grad_norm: float, critic_learning_rate: float, critic_weight_decay: float, lambda_: float,
                gamma: float, critic_iter: int, autocast_dtype: torch.dtype | None = None):
     self.model, self.critic = model, critic
-    self.params = [p for p in model.parameters() if p.requires_grad]
+    self.named_params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    self.params = list(self.named_params.values())
+    self.grads: dict[str, dict[str, torch.Tensor]] = {}
     self.opt = torch.optim.AdamW(self.params, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8,
                                  weight_decay=weight_decay)
     self.critic_opt = torch.optim.Adam(critic.parameters(), lr=critic_learning_rate, betas=(0.9, 0.999), eps=1e-8,
@@ -148,9 +184,12 @@ class DialStep:
     h = out.hidden_states[-1][torch.arange(ids.shape[0], device=ids.device), last]
     return out.logits[:, 0].float(), h.float()
 
-  def step(self, parts: Mapping[str, tuple[torch.Tensor, torch.Tensor]], alphas=None) -> dict[str, float]:
+  def step(self, parts: Mapping[str, tuple[torch.Tensor, torch.Tensor]], alphas=None,
+           keep_grads: bool = False) -> dict[str, float]:
     """``parts[name] = (ids, mask)`` for each of :data:`PARTS`; ``alphas[i]`` ([n, 1]) are critic iteration i's
-    interpolation coefficients (drawn with ``torch.rand`` when None)."""
+    interpolation coefficients (drawn with ``torch.rand`` when None). With ``keep_grads``, :attr:`grads` keeps the
+    gradients (by parameter name) of the domain term ``lambda * W`` (``"domain"``) and of the whole loss before
+    clipping (``"total"``)."""
     r, h = {}, {}
     for name in PARTS:  # four forward passes, as the authors' code does
       r[name], h[name] = self.embed(*parts[name])
@@ -176,7 +215,13 @@ class DialStep:
     source_loss = -nn.functional.logsigmoid(r["source_chosen"] - r["source_rejected"]).mean()
     loss = source_loss + self.lambda_ * wasserstein
     self.opt.zero_grad(set_to_none=True)
+    if keep_grads:
+      domain = torch.autograd.grad(self.lambda_ * wasserstein, self.params, retain_graph=True, allow_unused=True)
+      self.grads = {"domain": {n: torch.zeros_like(p) if g is None else g.detach().clone()
+                               for (n, p), g in zip(self.named_params.items(), domain)}}
     loss.backward()
+    if keep_grads:
+      self.grads["total"] = {n: p.grad.detach().clone() for n, p in self.named_params.items()}
     grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
     self.opt.step()
     metrics.update(loss=loss.item(), source_loss=source_loss.item(), wasserstein=wasserstein.item(),
