@@ -224,15 +224,24 @@ def test_report_text_bars_and_figures(grid, tmp_path):
 
 def test_missing_seeds_are_not_enough_runs(grid, tmp_path):
   exp, rows, truth = grid
-  rows = [r for r in rows if not (r["mode"] == "oracle" and r["seed"] == 2)]
+  few = lambda r: r["setting"] == "few_shot"
+  rows = [r for r in rows if not (few(r) and r["mode"] == "oracle" and r["seed"] == 2)]
   summary = report.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
   got = {name: st for name, st, _ in report.bars(exp, summary["few_shot"])}
   assert got["oracle ≥ source-only + 0.05"] == "not enough runs yet"
   assert got["source-only ≥ frozen-feature source baseline"] == "met"
-  rows = [r for r in rows if not (r["mode"] == "dial" and r["seed"] == 1 and r["lambda"] == 1.0)]
+  rows = [r for r in rows if not (few(r) and r["mode"] == "dial" and r["seed"] == 1 and r["lambda"] == 1.0)]
   summary = report.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
   got = {name: st for name, st, _ in report.bars(exp, summary["few_shot"])}
   assert got["DIAL (label-free λ) mean above source-only"] == "not enough runs yet"  # λ=1's seeds still missing
+  lines = report.overall(exp, summary)
+  # simple-to-complex already fails the label-free bar; target_val's can still be met once few-shot's seeds are in.
+  assert "label-free λ: DIAL's mean above source-only in 0/2 settings (bar: all) — **not met**" in lines[0]
+  assert "target_val λ: DIAL's mean above source-only in 1/2 settings (bar: all) — **not enough runs yet**" in lines[1]
+  assert lines[2] == "- oracle ≥ source-only + margin: 0/2 settings — **not met**."
+  assert lines[3] == "- source-only ≥ frozen-feature baseline: 1/2 settings — **not met**."
+  exp.settings = exp.settings + ("cross_lingual",)  # a setting without runs
+  assert report.overall(exp, summary)[-1] == "- No runs yet for: cross_lingual."
 
 
 def test_bootstrap_contains_true_delta_and_is_reproducible():
