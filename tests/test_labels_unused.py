@@ -67,11 +67,21 @@ def max_diff(a, b):
   return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in zip(la, lb))
 
 
+def assert_critic_untouched(state0, state):
+  """lambda is statically 0 in source_only and oracle: the step never runs the critic, so it and its optimizer
+  state stay exactly as initialised."""
+  assert jax.tree.leaves(state0.critic), "the WDGRL critic exists"
+  for part in ("critic", "critic_opt_state"):
+    for x, y in zip(jax.tree.leaves(getattr(state0, part)), jax.tree.leaves(getattr(state, part)), strict=True):
+      np.testing.assert_array_equal(x, y, err_msg=part)
+
+
 def test_source_only_ignores_target_labels_bit_for_bit(dirs):
   """Scored target texts with reversed scores: parameters, both optimizer states, critic and every label-free
   metric are bit-identical."""
   config = helpers.tiny_config(*dirs, **{"dial.mode": "source_only", "data.setting": "simple_to_complex"})
-  _, ((s1, h1), (s2, h2)) = runs(config)
+  state0, ((s1, h1), (s2, h2)) = runs(config)
+  assert_critic_untouched(state0, s1)
   for part in ("trainable", "opt_state", "critic", "critic_opt_state"):
     for x, y in zip(jax.tree.leaves(getattr(s1, part)), jax.tree.leaves(getattr(s2, part))):
       np.testing.assert_array_equal(x, y, err_msg=part)
@@ -100,7 +110,8 @@ def test_dial_ignores_target_labels(dirs):
 
 def test_oracle_uses_target_labels(dirs):
   config = helpers.tiny_config(*dirs, **{"dial.mode": "oracle"})
-  _, ((s1, h1), (s2, h2)) = runs(config)
+  state0, ((s1, h1), (s2, h2)) = runs(config)
+  assert_critic_untouched(state0, s1)
   assert max_diff(s1.trainable, s2.trainable) > 1e-5
   # flipping the labels reflects the target Bradley-Terry loss at the same parameters: loss(-d) = loss(d) + d
   assert h1[0]["target_loss"] != pytest.approx(h2[0]["target_loss"], abs=1e-4)
