@@ -268,3 +268,19 @@ def test_bootstrap_contains_true_delta_and_is_reproducible():
   assert report.delta_interval(so[:2], di[1:], None, num_samples=10)["seeds"] == [1]
   bad = [dict(di[0], eval={"target_test": {"accuracy": 0.1}})] + di[1:]
   assert report.delta_interval(so, bad, None, num_samples=10)["seeds"] == [1, 2]
+
+
+def test_report_on_partial_grids(grid, tmp_path):
+  """A grid still running: the report is written from any prefix of the runner's order (the first setting's frozen
+  baselines only, part of a first setting, part of a second) and says what is missing."""
+  exp, rows, truth = grid
+  texts = {}
+  for k in (1, 7, 20):
+    path = tmp_path / f"r{k}.jsonl"
+    for r in rows[:k]:
+      runner.append_result(path, r)
+    exp.results = str(path)
+    texts[k] = report.write_report(exp, str(tmp_path / f"rep{k}" / "REPORT.md"), num_samples=20)
+    assert f"(the {k} rows of grid" in texts[k] and "not enough runs yet" in texts[k]
+    assert (tmp_path / f"rep{k}" / "figures" / "target_metric.png").exists()
+  assert "No runs yet for: simple_to_complex" in texts[7] and "No runs yet for" not in texts[20]

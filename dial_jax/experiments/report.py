@@ -352,6 +352,11 @@ def target_figure(summary: dict, path: Path) -> None:
   plt.close(fig)
 
 
+def _legend(ax, **kw) -> None:
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(**kw)
+
+
 def _curve(rows: list[dict], key: str):
   """(steps, mean over runs) of a history key (runs aligned on their common steps); None when absent."""
   series = [{h["step"]: h[key] for h in r.get("history", []) if h.get(key) is not None} for r in rows]
@@ -388,7 +393,7 @@ def balance_figure(summary: dict, path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_title(TITLES[setting], fontsize=9)
     ax.set_ylabel("gradient norm w.r.t. embeddings", fontsize=8)
-    ax.legend(fontsize=6.5)
+    _legend(ax, fontsize=6.5)
     for i, key, ylabel in ((1, "critic_slope", "critic slope ‖∇f‖ (GP target 1)"),
                            (2, "wasserstein", "W estimate (critic, train batch)")):
       ax = axes[i, j]
@@ -400,7 +405,7 @@ def balance_figure(summary: dict, path: Path) -> bool:
       if i == 1:
         ax.axhline(1.0, color="gray", lw=0.8, ls=":")
       ax.set_ylabel(ylabel, fontsize=8)
-      ax.legend(fontsize=6.5)
+      _legend(ax, fontsize=6.5)
     axes[2, j].set_xlabel("step")
   fig.suptitle("Loss balance, critic slope, W (mean over seeds)", fontsize=9)
   fig.tight_layout()
@@ -558,8 +563,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
       f"with its paired bootstrap 95 % interval (runs paired by seed, target_test examples resampled, "
       f"{BOOTSTRAP_SAMPLES} draws, seed {BOOTSTRAP_SEED}; accuracy of margins for pairs, Pearson with the true "
       "scores for ASAP). The paper's numbers (its own backbone and training budget) are for reference only.", "",
-      "| setting | metric | frozen source | source-only | DIAL, label-free λ | Δ label-free [95 %] | DIAL, target_val λ "
-      "| Δ target_val [95 %] | oracle | frozen oracle | paper src → DIAL |",
+      "| setting | metric | frozen source | source-only | DIAL, label-free λ | Δ label-free [95 %] "
+      "| DIAL, target_val λ | Δ target_val [95 %] | oracle | frozen oracle | paper src → DIAL |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for setting, s in summary.items():
@@ -580,8 +585,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
               f"metric (or the true scores are missing): {', '.join(bad)}."]
   if figures.get("target"):
     lines += ["", f"![target metric per setting and method]({figures['target']})", "",
-              "Bars: mean over seeds; error bars: sample std over seeds (none when n=1); stars: the paper's "
-              "source-only and DIAL numbers; dotted line: chance (0.5 accuracy, 0 Pearson)."]
+              "Bars: mean over seeds; error bars: sample std over seeds (none when n=1); black triangles "
+              "right of the source-only and DIAL bars: the paper's numbers; dotted line: chance (0.5 accuracy, 0 Pearson)."]
 
   lines += ["", "## Issue 13's bars", "", "Across settings:", ""] + overall(exp, summary) + ["", "Per setting:", ""]
   for setting, s in summary.items():
