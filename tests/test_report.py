@@ -212,7 +212,8 @@ def test_report_text_bars_and_figures(grid, tmp_path):
   assert "DIAL (target_val λ) mean above source-only: **met** — λ=10:" in s2c
   assert "oracle ≥ source-only + 0.1: **not met**" in s2c
   assert "source-only ≥ frozen-feature source baseline: **not met** — 0.320 vs 0.400" in s2c
-  assert "label-free λ: DIAL's mean above source-only in 1/2 settings (bar: all) — **not met**" in bars
+  assert "label-free λ: DIAL's mean above source-only in 1/2 settings (bar: all) — **not met** (fails in: " \
+         "simple-to-complex)" in bars
   assert "target_val λ: DIAL's mean above source-only in 2/2 settings (bar: all) — **met**" in bars
   per_lambda = text.split("## What each selection rule saw")[1].split("## Variants")[0]
   assert "| few-shot-to-full (TL;DR) | DIAL λ=10 | 3 | 0.650 | 0.720 | 0.890 | 2.00 → 1.00 | 3/3 | 1.02 | 1.00 " \
@@ -238,8 +239,9 @@ def test_missing_seeds_are_not_enough_runs(grid, tmp_path):
   # simple-to-complex already fails the label-free bar; target_val's can still be met once few-shot's seeds are in.
   assert "label-free λ: DIAL's mean above source-only in 0/2 settings (bar: all) — **not met**" in lines[0]
   assert "target_val λ: DIAL's mean above source-only in 1/2 settings (bar: all) — **not enough runs yet**" in lines[1]
-  assert lines[2] == "- oracle ≥ source-only + margin: 0/2 settings — **not met**."
-  assert lines[3] == "- source-only ≥ frozen-feature baseline: 1/2 settings — **not met**."
+  assert lines[2] == "- oracle ≥ source-only + margin: 0/2 settings — **not met** (fails in: simple-to-complex)."
+  assert lines[3] == ("- source-only ≥ frozen-feature baseline: 1/2 settings — **not met** (fails in: "
+                      "simple-to-complex).")
   exp.settings = exp.settings + ("cross_lingual",)  # a setting without runs
   assert report.overall(exp, summary)[-1] == "- No runs yet for: cross_lingual."
 

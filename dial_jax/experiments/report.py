@@ -262,6 +262,12 @@ def bars(exp: ml_collections.ConfigDict, s: dict) -> list[tuple[str, str, str]]:
   return out
 
 
+def _bold(word: str) -> str:
+  """'**not met** (fails in: ...)' from 'not met (fails in: ...)'."""
+  head, sep, tail = word.partition(" (")
+  return f"**{head}**" + (f" ({tail}" if sep else "")
+
+
 def overall(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
   """The bars across settings, as issue 13 states them, under each selection rule. A bar that needs every setting
   fails once one setting fails; one that needs two settings fails once too few settings can still meet it."""
@@ -273,19 +279,21 @@ def overall(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
     got = [next((st for name, st, _ in status[s] if name.startswith(prefix)), pending) if s in status else pending
            for s in exp.settings]
     met, open_ = got.count("met"), got.count(pending)
-    return met, "met" if met >= need else ("not met" if met + open_ < need else pending)
+    word = "met" if met >= need else ("not met" if met + open_ < need else pending)
+    failed = [TITLES[s].split(" (")[0] for s, st in zip(exp.settings, got) if st == "not met"]
+    return met, word + (f" (fails in: {', '.join(failed)})" if failed else "")
 
   lines = []
   for rule in RULES:
     r = RULE_NAMES[rule]
     m1, w1 = tally(f"DIAL ({r} λ) mean above source-only", n)
     m2, w2 = tally(f"Δ interval ({r} λ) excludes 0 above", 2)
-    lines.append(f"- {r} λ: DIAL's mean above source-only in {m1}/{n} settings (bar: all) — **{w1}**; "
-                 f"Δ interval above 0 in {m2}/{n} (bar: ≥ 2) — **{w2}**.")
+    lines.append(f"- {r} λ: DIAL's mean above source-only in {m1}/{n} settings (bar: all) — {_bold(w1)}; "
+                 f"Δ interval above 0 in {m2}/{n} (bar: ≥ 2) — {_bold(w2)}.")
   for prefix, name in (("oracle ≥", "oracle ≥ source-only + margin"),
                        ("source-only ≥ frozen", "source-only ≥ frozen-feature baseline")):
     met, word = tally(prefix, n)
-    lines.append(f"- {name}: {met}/{n} settings — **{word}**.")
+    lines.append(f"- {name}: {met}/{n} settings — {_bold(word)}.")
   missing = [s for s in exp.settings if s not in summary]
   if missing:
     lines.append(f"- No runs yet for: {', '.join(missing)}.")
@@ -524,7 +532,8 @@ def _methods_text(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
 def _compute_text(summary: dict, rows: list[dict]) -> list[str]:
   lines = ["## Compute", "",
            "| setting | prefix cache (s, once) | frozen baseline (s/run) | source-only train (s/run) | DIAL train "
-           "(s/run) | oracle train (s/run) | all runs (min) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+           "(s/run) | oracle train (s/run) | all runs (min) | non-finite steps skipped |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for setting, s in summary.items():
     mine = s["rows"]
 
@@ -534,7 +543,8 @@ def _compute_text(summary: dict, rows: list[dict]) -> list[str]:
 
     cache = "—" if s["cache_seconds"] is None else f"{s['cache_seconds']:.0f}"
     lines.append(f"| {TITLES[setting]} | {cache} | {per('frozen_source', 'seconds')} | {per('source_only')} | "
-                 f"{per('dial')} | {per('oracle')} | {sum(r['seconds'] for r in mine) / 60:.1f} |")
+                 f"{per('dial')} | {per('oracle')} | {sum(r['seconds'] for r in mine) / 60:.1f} | "
+                 f"{sum(int(r.get('nonfinite_steps') or 0) for r in mine)} |")
   lines += ["", "Train seconds include compilation and the final evaluation on every split; frozen baselines: "
             f"features, fit and evaluation. {len(rows)} runs in all; machine: "
             f"{platform.machine()} CPU, {os.cpu_count()} cores; report written {time.strftime('%Y-%m-%d')}.", ""]
@@ -587,7 +597,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
   if figures.get("target"):
     lines += ["", f"![target metric per setting and method]({figures['target']})", "",
               "Bars: mean over seeds; error bars: sample std over seeds (none when n=1); black triangles "
-              "right of the source-only and DIAL bars: the paper's numbers; dotted line: chance (0.5 accuracy, 0 Pearson)."]
+              "right of the source-only and DIAL bars: the paper's numbers; dotted line: chance (0.5 accuracy, "
+              "0 Pearson)."]
 
   lines += ["", "## Issue 13's bars", "", "Across settings:", ""] + overall(exp, summary) + ["", "Per setting:", ""]
   for setting, s in summary.items():
