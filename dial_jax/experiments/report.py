@@ -735,4 +735,5 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", "configs/experiments.py", "Experiment grid config.", lock_config=False)
   flags.DEFINE_string("results", "", "Results file (default: the config's `results`).")
   flags.DEFINE_string("out", "experiments/REPORT.md", "Output markdown file (figures go to figures/ beside it).")
+  flags.DEFINE_alias("report", "out")
   app.run(main)
