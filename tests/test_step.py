@@ -49,9 +49,18 @@ def run_steps(config, n):
   return state, history, step
 
 
-def test_compiles_once_and_updates_only_trainable(dirs):
-  config = helpers.tiny_config(*dirs)
+@pytest.mark.parametrize("trainable", ["lora", "top_k"])
+def test_compiles_once_and_updates_only_trainable(dirs, trainable):
+  """The trainable set is exactly the mode's (LoRA: adapters + head; top_k=1: the last layer, final norm, head),
+  every trainable leaf moves and every frozen one stays."""
+  config = helpers.tiny_config(*dirs, **{"train.trainable": trainable, "train.top_k_layers": 1})
   model, state0, batches, (critic, tx, critic_tx, shardings) = setup(config)
+  every = set(flax.traverse_util.flatten_dict(state_lib.merge(state0.trainable, state0.frozen)))
+  last = f"layers_{model.config.num_layers - 1}"
+  expected = {k for k in every if k[:2] == ("params", "score") or (
+      k[0] == "lora" if trainable == "lora" else k[:3] in {("params", "backbone", last), ("params", "backbone", "norm")})}
+  assert set(flax.traverse_util.flatten_dict(state0.trainable)) == expected
+  assert len(expected) > 2 and any(k[0] == "lora" for k in expected) == (trainable == "lora")
   frozen_before = jax.tree.map(np.asarray, state0.frozen)
   trainable_before = jax.tree.map(np.asarray, state0.trainable)
   step = make_step(model, critic, tx, critic_tx, config, shardings)
@@ -60,13 +69,12 @@ def test_compiles_once_and_updates_only_trainable(dirs):
     state, metrics = step(state, batches.batch(i))
   assert step._cache_size() == 1
   assert int(state.step) == 3
-  for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(state.frozen)):
+  for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(state.frozen), strict=True):
     np.testing.assert_array_equal(a, np.asarray(b))
   changed = [not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(trainable_before),
-                                                                   jax.tree.leaves(state.trainable))]
-  assert all(changed), "every trainable leaf (LoRA A/B, head) should move"
-  flat = flax.traverse_util.flatten_dict(state.trainable)
-  assert all(k[0] == "lora" or k[:2] == ("params", "score") for k in flat)
+                                                                   jax.tree.leaves(state.trainable), strict=True)]
+  assert all(changed), f"every trainable leaf ({trainable}) should move"
+  assert set(flax.traverse_util.flatten_dict(state.trainable)) == expected
   for key in ("source_loss", "monitor/target_accuracy", "wasserstein", "gradient_penalty", "reward_std", "grad_norm",
               "learning_rate", "critic_slope", "balance/source_grad_norm", "balance/domain_grad_norm"):
     assert np.isfinite(metrics[key]), key
