@@ -216,7 +216,7 @@ def test_report_text_bars_and_figures(grid, tmp_path):
          "simple-to-complex)" in bars
   assert "target_val λ: DIAL's mean above source-only in 2/2 settings (bar: all) — **met**" in bars
   per_lambda = text.split("## What each selection rule saw")[1].split("## Variants")[0]
-  assert "| few-shot-to-full (TL;DR) | DIAL λ=10 | 3 | 0.650 | 0.720 | 0.890 | 2.00 → 1.00 | 3/3 | 1.02 | 1.00 " \
+  assert "| few-shot-to-full (TL;DR) | DIAL λ=10 | 3 | 0.650 | 0.720 | 0.890 | 2.00 → 1.00 | 3/3 | 1.02 | 1 " \
          "| label-free |" in per_lambda
   assert "source_val 0.900 (bar " in per_lambda
   variants = text.split("## Variants")[1].split("## Loss balance")[0]

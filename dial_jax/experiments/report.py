@@ -685,10 +685,13 @@ def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
   def num(x, digits=3):
     return "—" if not math.isfinite(x) else f"{x:.{digits}f}"
 
+  def sig(x):
+    return "—" if not math.isfinite(x) else f"{x:.3g}"
+
   src = num(_mean_of(runs, lambda r: selection.metric_of(r["eval"][check]) if check in r["eval"] else None))
   return [str(len(runs)), num(_mean_of(runs, lambda r: selection.metric_of(r["eval"]["target_val"]))),
           num(_mean_of(runs, _test)), src, f"{num(first, 2)} → {num(last, 2)}", f"{sum(falls)}/{len(falls)}",
-          num(_mean_of(runs, lambda r: _history(r, "critic_slope")), 2), num(_mean_of(runs, ratio), 2)]
+          sig(_mean_of(runs, lambda r: _history(r, "critic_slope"))), sig(_mean_of(runs, ratio))]
 
 
 def write_report(exp: ml_collections.ConfigDict, path: str, *, num_samples: int = BOOTSTRAP_SAMPLES) -> str:
