@@ -128,7 +128,7 @@ class Attention(nn.Module):
       inv_freq = local_freq if self.layer_type == SLIDING else global_freq
     q = layers.apply_rope(q, positions, inv_freq)
     key = layers.apply_rope(key, positions_kv, inv_freq)
-    if self.attention == "splash" and kv is None:
+    if self.attention == "splash" and kv is None and not self.is_initializing():  # init: any length, xla
       from dial_jax.models import splash  # local import: Pallas is only needed for splash
       out = splash.attention(q, key, v, mask, cfg, self.layer_type, sliding=sliding, mesh=self.mesh)
     else:
@@ -256,7 +256,7 @@ class Decoder(nn.Module):
     else:
       segment_ids, positions, branch_ids = packed
       make_mask = lambda t: layers.packed_attention_mask(segment_ids, positions, branch_ids, window(t))
-    if self.attention == "splash":  # splash builds its own masks (dial_jax.models.splash)
+    if self.attention == "splash" and not self.is_initializing():  # splash builds its own masks (models/splash.py)
       masks = {t: segment_ids if packed is None else tuple(packed) for t in types}
       final_masks = None
       if query_index is not None:  # the final layer's few queries take the xla path: only their mask rows

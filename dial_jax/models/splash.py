@@ -115,6 +115,8 @@ def splash_attention(q, k, v, *, segment_ids=None, dense_mask=None, window: int 
   mesh = _resolve_mesh(mesh)
   if interpret is None:
     interpret = _interpret(mesh)
+  if isinstance(mesh, jax.sharding.Mesh):  # the devices come from the jitted arguments (an equal mesh may differ)
+    mesh = mesh.abstract_mesh
   q = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   fn = functools.partial(_local_attention, window=window, soft_cap=soft_cap, interpret=interpret)

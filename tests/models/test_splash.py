@@ -125,3 +125,27 @@ def test_train_step_with_splash_equals_xla(dirs, packing):
     np.testing.assert_allclose(m1[key], m0[key], err_msg=key, **TOL)
   for a, b in zip(jax.tree.leaves(s1.trainable), jax.tree.leaves(s0.trainable)):
     np.testing.assert_allclose(a, b, **TOL)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu is not installed (pip install -e '.[tpu]'): cannot compile for a TPU topology")
+@pytest.mark.parametrize("packing,scan_layers", [("none", False), ("shared_prefix", True)])
+def test_splash_train_step_compiles_for_tpu(tmp_path, monkeypatch, packing, scan_layers):
+  """The real train step with splash attention (inside shard_map over data=2 x fsdp=2) compiles for v5e:2x2 with
+  libtpu's compile-only devices: padded rows (static mask), and packed shared-prefix rows (dynamic mask) with
+  scanned layers. A tiny Gemma of head_dim 128 (the TPU lane width), rows of 128 tokens."""
+  from dial_jax import aot, parallel, tpu_slices
+  from tests import test_aot
+  config = test_aot.tiny_config(test_aot.tiny_dir(tmp_path, head_dim=128))
+  config.data.max_length, config.data.min_bucket, config.data.packing = T, T, packing
+  mesh = parallel.make_mesh(config.mesh, tpu_slices.devices(tpu_slices.get_slice("v5e:2x2")))
+  abstract_model = aot.abstract_model
+
+  def splash_model(config):
+    model, hf = abstract_model(config)
+    return model.clone(attention="splash", scan_layers=scan_layers, mesh=mesh), hf
+  monkeypatch.setattr(aot, "abstract_model", splash_model)
+  r = aot.analyse(config, "v5e:2x2", include_eval=False)
+  assert r["fits"] and not r["problems"], r["problems"]
+  assert ("packed_ids" in r["batch"]) == (packing != "none")
+  assert r["train"]["flops_per_step"] > 0
