@@ -22,7 +22,8 @@ TPU VM (flag, or env var in brackets):
   --name=NAME              TPU VM name (required) [TPU_NAME]
   --zone=ZONE              e.g. us-central2-b for v4 (required) [TPU_ZONE]
   --project=PROJECT        GCP project; default: gcloud's configured project [TPU_PROJECT]
-  --accelerator_type=TYPE  default v4-32 (16 chips, 4 workers) [TPU_ACCELERATOR_TYPE]
+  --accelerator_type=TYPE  default v4-8 (4 chips, 1 worker: the :paper step fits, README "TPU slices")
+                           [TPU_ACCELERATOR_TYPE]
   --runtime_version=V      default from the type: v2/v3/v4 tpu-ubuntu2204-base, v5litepod
                            v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e [TPU_RUNTIME_VERSION]
   --preemptible | --spot   create a preemptible / spot VM (not both)
@@ -88,7 +89,7 @@ run() {
 NAME=${TPU_NAME:-}
 ZONE=${TPU_ZONE:-}
 PROJECT=${TPU_PROJECT:-}
-ACCEL=${TPU_ACCELERATOR_TYPE:-v4-32}
+ACCEL=${TPU_ACCELERATOR_TYPE:-v4-8}  # python -m dial_jax.aot: fits, one host
 RUNTIME=${TPU_RUNTIME_VERSION:-}
 SETTING=${DIAL_SETTING:-}
 WORKDIR=${DIAL_WORKDIR:-}

@@ -121,7 +121,7 @@ def test_tpu_full_dry_run(sandbox):
   assert c[0][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"] and "dial-test" in c[0]
   (create,) = find(c, "gcloud", "compute", "tpus", "tpu-vm", "create")
   assert create[5] == "dial-test"
-  for tok in ("--zone=us-central2-b", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"):
+  for tok in ("--zone=us-central2-b", "--accelerator-type=v4-8", "--version=tpu-ubuntu2204-base", "--spot"):
     assert tok in create
   assert "--preemptible" not in create
   (archive,) = find(c, "git")
