@@ -4,10 +4,11 @@ A tiny random Gemma 3 checkpoint (local layers with a 7-token window, global lay
 LoRA adapters; rows of 128 tokens (the kernel's lane width). Rewards, embeddings and gradients (params and LoRA) to
 1e-4 for a left-padded batch and for packed rows with shared-prefix branches, unrolled and scanned (the scanned
 per-layer flag picks the local or global kernel with lax.cond); the DIAL train step (losses, W, gradient norm,
-updated parameters) to 1e-4 with padded and packed batches; and the splash step compiles for a TPU topology
-(v5e:2x2, needs libtpu).
+updated parameters) to 1e-4 with padded and packed batches; the kernel inside shard_map on a 4-device CPU mesh; and
+the splash step compiles for a TPU topology (v5e:2x2, needs libtpu).
 """
 import importlib.util
+from pathlib import Path
 
 import flax
 import jax
@@ -149,3 +150,35 @@ def test_splash_train_step_compiles_for_tpu(tmp_path, monkeypatch, packing, scan
   assert r["fits"] and not r["problems"], r["problems"]
   assert ("packed_ids" in r["batch"]) == (packing != "none")
   assert r["train"]["flops_per_step"] > 0
+
+
+MESH_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from dial_jax.models import layers, splash
+mesh = jax.make_mesh((2, 1, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+ks = jax.random.split(jax.random.PRNGKey(0), 3)
+q = jax.random.normal(ks[0], (4, 128, 4, 16))
+k, v = (jax.random.normal(key, (4, 128, 2, 16)) for key in ks[1:])
+mask = np.ones((4, 128), np.int32)
+mask[0, 100:], mask[3, :30] = 0, 0
+seg = jnp.asarray(mask)
+rows = NamedSharding(mesh, P("data"))
+out = jax.jit(lambda q, k, v, s: splash.splash_attention(q, k, v, segment_ids=s, window=7, scale=0.3, mesh=mesh))(
+    *jax.device_put((q, k, v, seg), rows))
+assert out.sharding.spec == P("data", None, "tensor"), out.sharding
+ref = layers.dot_product_attention(q, k, v, layers.attention_mask(seg, 7), 0.3, None)
+np.testing.assert_allclose(np.asarray(out)[mask > 0], np.asarray(ref)[mask > 0], rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_kernel_runs_sharded_over_a_mesh():
+  """On 4 CPU devices (data=2 x tensor=2): rows split over data, heads over tensor, inside shard_map; same values."""
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=600,
+                        cwd=str(Path(__file__).resolve().parents[2]))
+  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
