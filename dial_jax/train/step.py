@@ -113,16 +113,18 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
   if not config_lib.domain_loss_active(config):
     domain = jnp.zeros((), jnp.float32)  # statically off: no critic, no 0 * W (0 * inf = NaN)
   elif d.domain_loss == "wdgrl":
+    # The critic, its gradient penalty and W all live in the scaled space x = h / scale, so the penalty holds
+    # |grad_x f| near 1 whatever the embeddings' norm; the encoder's gradient is that of f(h / scale).
     scale = critic_input_scale(h, d.critic_input_scale)
-    critic_fn = lambda params, x: critic.apply(params, x / scale)
     critic_vars, critic_opt_state, critic_metrics = losses.critic_update(
-        critic_vars, critic_opt_state, h_s, h_t, rng, apply_fn=critic_fn, optimizer=critic_tx,
+        critic_vars, critic_opt_state, h_s / scale, h_t / scale, rng, apply_fn=critic.apply, optimizer=critic_tx,
         gamma=d.gamma, num_iters=d.critic_iter)
     critic_vars = jax.lax.stop_gradient(critic_vars)
-    domain_fn = lambda x: losses.wasserstein_estimate(*jnp.split(critic_fn(critic_vars, x), [n_src]))
+    domain_fn = lambda x: losses.wasserstein_estimate(*jnp.split(critic.apply(critic_vars, x / scale), [n_src]))
     domain = domain_fn(h)
     metrics.update(gradient_penalty=critic_metrics["gradient_penalty"], critic_loss=critic_metrics["critic_loss"],
-                   critic_slope=losses.critic_slope(lambda x: critic.apply(critic_vars, x), jax.lax.stop_gradient(h / scale)),
+                   critic_slope=losses.critic_slope(lambda x: critic.apply(critic_vars, x),
+                                                    jax.lax.stop_gradient(h / scale)),
                    critic_input_scale=scale)
   elif d.domain_loss == "mmd":
     domain_fn = lambda x: losses.mmd_loss(x[:n_src], x[n_src:])
