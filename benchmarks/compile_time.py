@@ -3,8 +3,9 @@
 A Gemma-3-like decoder of tiny widths (hidden 64, 4 query heads / 1 kv head of 16, MLP 128, local layers with a
 32-token window and every sixth layer global, LoRA rank 4 on q/v) at 6, 18 and 26 layers. The program is the
 reward model's forward and backward (value and LoRA gradients of a Bradley-Terry-like loss on 8 rows of 128 tokens),
-jitted, traced + lowered and compiled once per (depth, layout): on this machine's CPU, and, with libtpu installed,
-for a v5e:2x2 slice (``jax.experimental.topologies``; rows over 4 chips) without a TPU.
+jitted, traced + lowered and compiled once per (depth, layout), after one untimed warm-up compile: on this machine's
+CPU, and, with libtpu installed, for a v5e:2x2 slice (``jax.experimental.topologies``; rows over 4 chips) without a
+TPU. Wall-clock seconds: on a busy machine they are noisy, compare within a run.
 
   python benchmarks/compile_time.py [--depths=6,18,26] [--output=benchmarks/results/compile_time.json]
 """
@@ -84,6 +85,7 @@ def main():
     print("libtpu is not installed: CPU only")
   results = []
   for target, shardings in targets:
+    measure(RewardModel(decoder_config(1), lora=LoraConfig(rank=4, alpha=8.0)), shardings)  # warm-up, not recorded
     for depth in depths:
       for scan in (False, True):
         model = RewardModel(decoder_config(depth), lora=LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj")),

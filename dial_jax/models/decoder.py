@@ -19,6 +19,13 @@ FULL = "full_attention"
 SLIDING = "sliding_attention"
 MIXED = "mixed"  # scanned layers of both types: a per-layer flag picks the mask and RoPE inside the scan
 ATTENTIONS = ("xla", "splash")
+SPLASH_MULTIPLE = 128  # splash runs on lengths that are multiples of this (its lane width); others take xla
+
+
+def splash_active(attention: str, length: int, initializing: bool) -> bool:
+  """Whether a full-sequence attention of this length runs the splash kernel: ``attention="splash"``, a length that
+  is a multiple of 128 (shorter eval buckets, say 32 or 64 tokens, take the xla path: same values), not at init."""
+  return attention == "splash" and length % SPLASH_MULTIPLE == 0 and not initializing
 
 # The names LoRA may target; they match transformers/PEFT module names.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -128,7 +135,7 @@ class Attention(nn.Module):
       inv_freq = local_freq if self.layer_type == SLIDING else global_freq
     q = layers.apply_rope(q, positions, inv_freq)
     key = layers.apply_rope(key, positions_kv, inv_freq)
-    if self.attention == "splash" and kv is None and not self.is_initializing():  # init: any length, xla
+    if kv is None and splash_active(self.attention, x.shape[1], self.is_initializing()):
       from dial_jax.models import splash  # local import: Pallas is only needed for splash
       out = splash.attention(q, key, v, mask, cfg, self.layer_type, sliding=sliding, mesh=self.mesh)
     else:
@@ -188,7 +195,8 @@ class Decoder(nn.Module):
   ``scan_layers``: the layers' parameters are stacked under ``layers`` (leading axis = layer, logical axis name
   ``layers``) and run with ``nn.scan`` (remat inside the scan); Gemma 3's local/global layers are told apart by a
   scanned per-layer flag. ``attention="splash"``: the Pallas TPU splash kernel (``dial_jax.models.splash``) in
-  every full-sequence layer, inside ``shard_map`` over ``mesh`` (or the context mesh).
+  every full-sequence layer, inside ``shard_map`` over ``mesh`` (or the context mesh), on lengths that are multiples
+  of 128 (others, and the last-token-only final layer's few queries, take the xla path).
   """
 
   config: DecoderConfig
@@ -256,7 +264,7 @@ class Decoder(nn.Module):
     else:
       segment_ids, positions, branch_ids = packed
       make_mask = lambda t: layers.packed_attention_mask(segment_ids, positions, branch_ids, window(t))
-    if self.attention == "splash" and not self.is_initializing():  # splash builds its own masks (models/splash.py)
+    if splash_active(self.attention, input_ids.shape[1], self.is_initializing()):  # splash builds its own masks
       masks = {t: segment_ids if packed is None else tuple(packed) for t in types}
       final_masks = None
       if query_index is not None:  # the final layer's few queries take the xla path: only their mask rows
