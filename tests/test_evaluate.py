@@ -75,6 +75,11 @@ def test_encode_keeps_the_end_with_and_without_bos():
 
   plain = _NoBosTokenizer()
   assert tokenize.encode(plain, ["abcdefgh", "xy"], 3) == [[ord(c) for c in "fgh"], [ord("x"), ord("y")]]
+  # data.truncation=start keeps the first tokens (BOS included) instead
+  assert tokenize.encode(tok, ["hello there", text], 12, truncation="start") == [short, full[:12]]
+  assert tokenize.encode(plain, ["abcdefgh"], 3, truncation="start") == [[ord(c) for c in "abc"]]
+  with pytest.raises(ValueError, match="truncation"):
+    tokenize.encode(tok, [text], 12, truncation="middle")
 
 
 def _real_pairs(n):
