@@ -108,10 +108,11 @@ def dirs(tiny, tmp_path_factory):
   return tiny, helpers.prepare_data(tmp_path_factory.mktemp("splash_data") / "data")
 
 
-@pytest.mark.parametrize("packing", ["none", "shared_prefix"])
+@pytest.mark.parametrize("packing", [pytest.param("none", marks=pytest.mark.slow), "shared_prefix"])
 def test_train_step_with_splash_equals_xla(dirs, packing):
   """One DIAL step (WDGRL critic, LoRA) from the same state and batch: losses, W, gradient norm and the updated
-  parameters equal the xla step's to 1e-4."""
+  parameters equal the xla step's to 1e-4. Padded rows (static mask) are slow-marked: the scanned model test above
+  covers that path in CI."""
   from dial_jax.train import loop
   from dial_jax.train import state as state_lib
   from dial_jax.train import step as step_lib
