@@ -19,6 +19,19 @@ if not os.environ["JAX_PLATFORMS"]:
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+_QUIET = ("/orbax/", "/jax/_src/", "/etils/", "/tensorstore/", "/datasets/", "/transformers/")
+
+
+def _library_info(record) -> bool:
+  import logging as py_logging
+  return record.levelno < py_logging.WARNING and any(p in record.pathname for p in _QUIET)
+
+
+_KEEP_OURS = lambda record: not _library_info(record)
+# Orbax, JAX, etils, datasets and transformers log INFO through absl's handler (hundreds of lines per checkpoint):
+# dropped from the start (some come at import time); main() lets them through again with --verbosity >= 1.
+logging.get_absl_handler().addFilter(_KEEP_OURS)
+
 from dial_jax import config as config_lib  # noqa: E402
 from dial_jax import parallel  # noqa: E402
 from dial_jax.train import loop  # noqa: E402
@@ -50,11 +63,8 @@ def parse_flags(argv):
 
 
 def quiet_libraries() -> None:
-  """Orbax and JAX log through Python logging: keep them at WARNING unless --verbosity asks for DEBUG."""
-  import logging as py_logging
-  if FLAGS.verbosity < 1:
-    for name in ("orbax", "absl.orbax", "jax", "etils", "tensorstore"):
-      py_logging.getLogger(name).setLevel(py_logging.WARNING)
+  if FLAGS.verbosity >= 1:
+    logging.get_absl_handler().removeFilter(_KEEP_OURS)
 
 
 def main(argv):

@@ -114,15 +114,23 @@ def test_quick_grid_runs_appends_and_skips_done(quick_grid):
   from dial_jax.experiments import runner
   exp, root, first = quick_grid
   rows = runner.read_results(exp.results)
-  # lr selection (1) + lambda selection (1, also DIAL seed 0) + source-only seed 0 (= the lr run) + mmd (1)
-  assert first == 3 and len(rows) == 3
-  assert {(r["mode"], r["domain_loss"]) for r in rows} == {("source_only", "wdgrl"), ("dial", "wdgrl"), ("dial", "mmd")}
+  # frozen-feature baselines (source, oracle) + source-only, DIAL (one lambda), oracle for seed 0
+  assert first == 5 and len(rows) == 5
+  assert [r["mode"] for r in rows] == ["frozen_source", "frozen_oracle", "source_only", "dial", "oracle"]
   for r in rows:
     assert r["data_sizes"] == {"source_train": 8, "target_train": 8, "target_val": 8, "target_test": 8}
-    assert 0.0 <= r["eval"]["target_test"]["accuracy"] <= 1.0 and r["eval"]["target_test"]["n"] == 8
+    assert r["eval"]["target_test"]["n"] == 8 and len(r["test_scores"]) == 8
+    acc = np.mean((np.asarray(r["test_scores"]) > 0) + 0.5 * (np.asarray(r["test_scores"]) == 0))
+    assert r["eval"]["target_test"]["accuracy"] == pytest.approx(acc)  # per-example scores match the metric
+  for r in rows[2:]:
     assert len(r["history"]) == exp.train_config.train.num_steps and np.isfinite(r["history"][-1]["loss"])
-  dial = next(r for r in rows if r["mode"] == "dial" and r["domain_loss"] == "wdgrl")
-  assert dial["history"][-1]["wasserstein"] == dial["history"][-1]["domain_loss"]
+  dial = rows[3]
+  last = dial["history"][-1]
+  assert "target_accuracy" not in last and "monitor/target_accuracy" in last  # monitoring only, named so
+  for key in ("critic_slope", "critic_input_scale", "gradient_penalty", "balance/source_grad_norm",
+              "balance/domain_grad_norm"):
+    assert np.isfinite(last[key]) and last[key] > 0, key
+  assert "wasserstein" not in rows[2]["history"][-1]  # source-only runs no critic
   assert runner.run_grid(exp) == 0  # everything is done: nothing reruns
   assert len(list((root / "cache").glob("*.npy"))) == 1 and len(list((root / "cache").glob("*.json"))) == 1
 
@@ -137,10 +145,52 @@ def test_quick_grid_report(quick_grid):
     assert (root / "figures" / f"{name}.png").stat().st_size > 1000
 
 
-def test_committed_results_belong_to_the_current_grid():
-  """A config change that alters the grid fingerprint silently orphans every committed result (the report would
-  show none and the runner would redo them all): keys that do not change the grid's runs must stay out of it."""
+def test_committed_results_hold_current_grid_rows_from_committed_code():
+  """The results file keeps earlier grids' rows as history (the report ignores them); a config change that alters
+  the grid fingerprint would orphan the current rows, and a row from a dirty tree is not reproducible."""
   from configs import experiments as exp_config
   exp = exp_config.get_config()
   rows = runner.read_results(REPO / "experiments" / "results.jsonl")
-  assert rows and all(r["grid"] == runner.grid_fingerprint(exp) for r in rows)
+  current = [r for r in rows if r["grid"] == runner.grid_fingerprint(exp)]
+  assert current, "no committed row belongs to the current grid"
+  assert not [r["run_id"] for r in current if r["commit"].endswith("-dirty")]
+
+
+def test_the_one_loop_equals_the_runners_former_loop(tmp_path):
+  """The experiment runner now trains through ``loop.train``; its former hand-written loop (kept here as the
+  reference: PairedBatches + the jitted step on one device, padded batches) gives the same parameters and eval."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec
+  from dial_jax import parallel
+  from dial_jax.data import pipeline as pl
+  from dial_jax.inference import Scorer, evaluate_domain
+  from dial_jax.train import loop, state as state_lib, step as step_lib, writers
+  dirs = (helpers.make_tiny_model_dir(tmp_path / "m"), helpers.prepare_data(tmp_path / "d"))
+  config = helpers.tiny_config(*dirs, **{"train.trainable": "top_k", "train.top_k_layers": 1, "data.packing": "none",
+                                         "train.num_steps": 3, "dial.lambda_": 0.1})
+  model, variables, tokenizer, _ = load.build_model(config)
+  source, target, evals = loop.load_data(config, tokenizer)
+  evals = {"target_test": evals["target_test"]}
+  fresh = lambda: jax.tree.map(lambda a: np.array(a, copy=True), variables)
+
+  # The former runner loop.
+  tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
+  critic = state_lib.make_critic(config)
+  state, shardings = state_lib.create_train_state(fresh(), config, model.config.num_layers,
+                                                  model.config.hidden_size, tx, critic_tx)
+  batches = pl.PairedBatches(source, target, batch_size=config.train.batch_size, grad_accum_steps=1,
+                             buckets=batching.bucket_lengths(config.data.max_length, config.data.min_bucket),
+                             pad_id=model.config.pad_token_id, seed=config.train.seed)
+  step_fn = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=shardings,
+                                     batch_sharding=NamedSharding(shardings.step.mesh, PartitionSpec()))
+  for step in range(config.train.num_steps):
+    state, _ = step_fn(state, batches.batch(step))
+  reference = state_lib.merge(state.trainable, state.frozen)
+  ref_eval = evaluate_domain(Scorer(model, reference, None, batch_size=8, max_length=64), evals["target_test"])
+
+  outcome = loop.train(config, model, fresh(), source, target, evals, mesh=parallel.make_mesh(config.mesh),
+                       pad_id=model.config.pad_token_id, writer=writers.MemoryWriter(), progress=False)
+  for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(outcome.variables)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+  assert outcome.results["eval"]["target_test"]["accuracy"] == ref_eval["accuracy"]
+  assert outcome.results["eval"]["target_test"]["margin"] == pytest.approx(ref_eval["margin"], abs=1e-6)

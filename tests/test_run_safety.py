@@ -1,0 +1,198 @@
+"""Runs you can trust (issue 14: resume rules, config.json kept, non-finite guard, lock, corrupt checkpoint) and what
+a user sees (issue 15: TensorBoard events, progress bar, strict results.json with intervals), on the tiny model."""
+import fcntl
+import json
+import os
+import pty
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests import helpers
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("safety")
+  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data")
+
+
+def command(dirs, workdir, *extra):
+  model_dir, data_dir = dirs
+  return [sys.executable, "-m", "dial_jax.main", "--config=configs/few_shot.py", f"--workdir={workdir}",
+          f"--config.model.name={model_dir}", f"--config.data.dir={data_dir}", "--config.data.max_length=64",
+          "--config.data.max_eval_examples=8", "--config.lora.rank=4", "--config.dial.critic_widths=(32,16)",
+          f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every=1", "--config.train.log_every=1",
+          "--config.train.keep_checkpoints=5", *extra]
+
+
+def run(cmd, **kwargs):
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, **kwargs)
+
+
+def run_on_a_terminal(cmd) -> tuple[int, str]:
+  """Run with stderr on a pseudo-terminal (as a user sees it); returns (exit code, what the terminal showed)."""
+  master, slave = pty.openpty()
+  fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=slave)
+  os.close(slave)
+  chunks = []
+
+  def read():
+    while True:
+      try:
+        data = os.read(master, 65536)
+      except OSError:
+        return
+      if not data:
+        return
+      chunks.append(data)
+
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  code = proc.wait(timeout=900)
+  reader.join(timeout=10)
+  os.close(master)
+  return code, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def finished(dirs, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run") / "w"
+  code, screen = run_on_a_terminal(command(dirs, workdir))
+  assert code == 0, screen[-3000:]
+  return workdir, screen
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+  """Scalars of TensorBoard event files, read back from the TFRecord framing with tensorboardX's protos."""
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(event_dir.rglob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return out
+
+
+def test_tensorboard_events_hold_train_and_eval_scalars(finished):
+  workdir, _ = finished
+  scalars = read_scalars(workdir / "tensorboard")
+  assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3]
+  assert {"train/source_accuracy", "train/wasserstein", "train/critic_slope", "train/monitor/target_accuracy",
+          "eval/target_test/accuracy", "eval/target_val/accuracy"} <= set(scalars)
+  results = json.loads((workdir / "results.json").read_text())
+  assert scalars["eval/target_test/accuracy"][-1] == (STEPS, pytest.approx(results["eval"]["target_test"]["accuracy"]))
+  jsonl = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in jsonl if r["kind"] == "train"]
+  assert [r["loss"] for r in train] == pytest.approx([v for _, v in scalars["train/loss"]], rel=1e-6)
+
+
+def test_progress_bar_on_a_terminal(finished):
+  _, screen = finished
+  assert "train: 100%" in screen and f"{STEPS}/{STEPS}" in screen, screen[-2000:]
+  assert "eval target_test" in screen
+  assert "Unable to initialize backend" not in screen and "CheckpointManagerOptions" not in screen
+
+
+def test_results_json_is_strict_with_intervals_and_chance(finished):
+  workdir, _ = finished
+  def no_constants(name):
+    raise AssertionError(f"results.json holds {name}")
+  results = json.loads((workdir / "results.json").read_text(), parse_constant=no_constants)
+  test = results["eval"]["target_test"]
+  lo, hi = test["accuracy_ci95"]
+  assert lo <= test["accuracy"] <= hi and 0 < hi - lo < 1 and test["chance"] == 0.5 and test["n"] == 8
+
+
+def test_resuming_another_run_is_refused_and_config_json_kept(dirs, finished, tmp_path):
+  workdir = tmp_path / "w"
+  shutil.copytree(finished[0], workdir)
+  saved = (workdir / "config.json").read_bytes()
+  steps = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  proc = run(command(dirs, workdir, "--config.dial.lambda_=0.5", "--config.lora.rank=8"))
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "holds another run" in last and "dial.lambda_: 0.01 -> 0.5" in last
+  assert "lora.rank: 4 -> 8" in last
+  assert (workdir / "config.json").read_bytes() == saved  # the run's own config survives the failed rerun
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == steps
+  # Every reader of the workdir takes the run's saved config: evaluate agrees with the run's own results.
+  data = Path(dirs[1]) / "few_shot" / "target_test.jsonl"
+  proc = run([sys.executable, "-m", "dial_jax.evaluate", f"--model={workdir}", f"--data={data}", "--max_length=64",
+              "--limit=8"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  evaluated = json.loads(proc.stdout.strip().splitlines()[-1])
+  results = json.loads((workdir / "results.json").read_text())
+  assert evaluated["accuracy"] == results["eval"]["target_test"]["accuracy"]
+  assert evaluated["margin"] == pytest.approx(results["eval"]["target_test"]["margin"], abs=1e-6)
+
+
+def test_more_steps_resume_the_same_run(dirs, finished, tmp_path):
+  workdir = tmp_path / "w"
+  shutil.copytree(finished[0], workdir)
+  proc = run(command(dirs, workdir, f"--config.train.num_steps={STEPS + 1}"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["trained_steps"] == 1 and results["num_steps"] == STEPS + 1
+
+
+def test_a_second_launch_into_a_busy_workdir_names_the_holder(dirs, tmp_path):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+  proc = run(command(dirs, workdir))
+  assert proc.returncode == 1
+  assert f"is in use by process {os.getpid()} on {socket.gethostname()}" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_an_older_one(dirs, finished, tmp_path):
+  workdir = tmp_path / "w"
+  shutil.copytree(finished[0], workdir)
+  (workdir / "results.json").unlink()
+  latest = workdir / "checkpoints" / str(STEPS)
+  for path in latest.rglob("*"):
+    if path.is_file() and path.stat().st_size > 0:
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated array and metadata files
+  proc = run(command(dirs, workdir))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"checkpoint {latest} is unreadable" in proc.stderr
+  assert "resuming from step 2, the newest readable checkpoint" in proc.stderr
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["trained_steps"] == 1
+  original = json.loads((finished[0] / "results.json").read_text())
+  assert results["eval"]["target_test"]["accuracy"] == original["eval"]["target_test"]["accuracy"]
+
+
+def test_nonfinite_updates_are_never_saved_and_results_stay_strict(dirs, tmp_path):
+  workdir = tmp_path / "w"
+  proc = run(command(dirs, workdir, "--config.train.learning_rate=1e30", "--config.train.num_steps=2"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads((workdir / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+  assert results["skipped_nonfinite_steps"] == 2
+  assert results["eval"]["target_test"]["accuracy"] is not None  # the weights never became non-finite
+  manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
+  restored = manager.restore(2, args=ocp.args.StandardRestore())
+  manager.close()
+  import jax
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["trainable"]))
+  stop = run(command(dirs, tmp_path / "s", "--config.train.learning_rate=1e30", "--config.train.on_nonfinite=stop"))
+  assert stop.returncode != 0
+  assert "non-finite loss, gradient or parameters at step 1; last good checkpoint: None" in stop.stderr
