@@ -1,12 +1,15 @@
-"""Run a few DIAL train steps on each given mesh; print losses, metrics, some parameters and shardings as JSON.
+"""Run a few DIAL train steps on each given mesh; print losses, metrics and shardings as JSON, and save every trainable
+parameter before and after (gathered, ``.npz`` named in the JSON; under ``$DIAL_TEST_OUT`` if set).
 
 Used by tests/test_parallel.py in subprocesses with 8 fake CPU devices, or under jax.distributed.
   python -m tests.mesh_worker MODEL_DIR DATA_DIR STEPS MESH [MESH ...]      (MESH = data,fsdp,tensor; 1,1,1 runs
-                                                                           on the first device alone)
+                                                                           on the first device alone; lora:MESH
+                                                                           the default LoRA + AdamW setup)
 """
 import json
 import os
 import sys
+import tempfile
 
 import jax
 import jax.experimental.multihost_utils as mhu
@@ -30,16 +33,23 @@ def run(config, model, variables, batches, mesh, steps):
   batch_sh = parallel.batch_shardings(shapes, mesh)
   step_fn = step_lib.make_train_step(model, state_lib.make_critic(config), tx, critic_tx, config,
                                      state_shardings=state_sh, batch_sharding=batch_sh, donate=False)
+  gathered = lambda tree: {jax.tree_util.keystr(k): np.asarray(mhu.process_allgather(v, tiled=True))
+                           for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  initial = gathered(state.trainable)
   history = []
   for i in range(steps):
     state, metrics = step_fn(state, parallel.global_batch(batches.batch(i), batch_sh))
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   flat = jax.tree_util.tree_flatten_with_path(state.trainable)[0]
-  params = {jax.tree_util.keystr(k): np.asarray(mhu.process_allgather(v, tiled=True)).ravel()[:64].tolist()
-            for k, v in flat if "layers_0" in jax.tree_util.keystr(k) or "score" in jax.tree_util.keystr(k)}
+  final = gathered(state.trainable)
+  params_file = None
+  if jax.process_index() == 0:
+    params_file = os.path.join(tempfile.mkdtemp(dir=os.environ.get("DIAL_TEST_OUT")), "params.npz")
+    np.savez(params_file, **{f"initial{k}": v for k, v in initial.items()},
+             **{f"final{k}": v for k, v in final.items()})
   specs = {jax.tree_util.keystr(k): list(v.sharding.spec) + [None] * (v.ndim - len(v.sharding.spec))
            for k, v in flat}
-  return {"history": history, "params": params, "specs": specs, "mesh": dict(mesh.shape),
+  return {"history": history, "params_file": params_file, "specs": specs, "mesh": dict(mesh.shape),
           "processes": jax.process_count()}, state
 
 
@@ -71,8 +81,21 @@ def main(model_dir, data_dir, steps, *meshes):
 
   def batches_for(mesh):
     return loop.paired_batches(config, source, target, model.config.pad_token_id, mesh)
+  default = None  # the default setup (LoRA + AdamW, packing as configured), built on first use
   results = []
   for spec in meshes:
+    if spec.startswith("lora:"):
+      if default is None:
+        c = helpers.tiny_config(model_dir, data_dir, **{"train.batch_size": 8})
+        assert c.train.trainable == "lora" and c.train.optimizer == "adamw" and c.lora.rank > 0
+        m, v, _, _ = load.build_model(c)
+        default = c, m, v
+      c, m, v = default
+      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = map(int, spec[len("lora:"):].split(","))
+      mesh = parallel.make_mesh(c.mesh, jax.devices()[:1] if spec == "lora:1,1,1" else None)
+      result, _ = run(c, m, v, loop.paired_batches(c, source, target, m.config.pad_token_id, mesh), mesh, int(steps))
+      results.append(result)
+      continue
     if spec.startswith("restore:"):  # restore the previous mesh's final state onto this one (fewer devices)
       config.mesh.data, config.mesh.fsdp, config.mesh.tensor = map(int, spec[len("restore:"):].split(","))
       size = config.mesh.data * config.mesh.fsdp * config.mesh.tensor

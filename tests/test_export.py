@@ -202,8 +202,10 @@ def test_float32_export_loads_in_transformers_with_the_same_rewards(runs, family
 
 
 def test_bfloat16_export_through_the_cli(runs, tmp_path):
-  """`python -m dial_jax.export --dtype=bfloat16`: BF16 tensors that transformers loads as bf16. Rewards are
-  within 10% of the float32 ones (relative to the largest |reward|: bf16 keeps 8 mantissa bits)."""
+  """`python -m dial_jax.export --dtype=bfloat16`: BF16 tensors, each exactly the float32 export's tensor rounded to
+  nearest bf16, that transformers loads as bf16. bf16 keeps 8 significant bits (relative rounding 2^-9 = 0.2% per
+  weight and per op); through 4 layers computed in bf16 the rewards moved by 0.62% of the largest |reward| (0.32%
+  with the same bf16 weights computed in float32), so they must stay within 2% of it."""
   run = runs("gemma3")
   out = tmp_path / "hf_bf16"
   cmd = [sys.executable, "-m", "dial_jax.export", f"--workdir={run.workdir}", f"--output={out}", "--dtype=bfloat16"]
@@ -214,11 +216,16 @@ def test_bfloat16_export_through_the_cli(runs, tmp_path):
   assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
   assert header["__metadata__"] == {"format": "pt"}
   assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+  from safetensors.torch import load_file
+  f32, bf16 = load_file(str(run.f32_export / "model.safetensors")), load_file(str(out / "model.safetensors"))
+  assert f32.keys() == bf16.keys()
+  for key, value in f32.items():
+    assert torch.equal(value.to(torch.bfloat16), bf16[key]), key
   hf = load_hf_clean(out)
   assert hf.dtype == torch.bfloat16
   got = hf_rewards(hf, run.tokenizer, run.texts)
   scale = np.max(np.abs(run.rewards))
-  np.testing.assert_allclose(got, run.rewards, rtol=0, atol=0.1 * scale)
+  np.testing.assert_allclose(got, run.rewards, rtol=0, atol=0.02 * scale)
   # The refusal to overwrite, from the CLI.
   again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
   assert again.returncode != 0 and "--overwrite" in again.stderr
