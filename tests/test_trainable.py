@@ -56,8 +56,6 @@ def test_trainable_set_per_mode(model_dir, mode, k):
     assert not any(p[0] == "lora" for p in every)
   else:
     assert trainable == every and not frozen
-  # the optimizer tracks exactly the trainable leaves
-  assert len(jax.tree.leaves(state.opt_state)) - len(jax.tree.leaves(tx.init({}))) == len(trainable) * 2
 
 
 def _tree_diff(a, b):
