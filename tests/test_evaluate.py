@@ -26,7 +26,7 @@ class FakeScorer:
   def __init__(self):
     self.calls = []
 
-  def score_tokens(self, token_lists):
+  def score_tokens(self, token_lists, **kwargs):
     self.calls.append([list(t) for t in token_lists])
     return np.asarray([t[0] for t in token_lists], np.float32)
 
@@ -34,10 +34,22 @@ class FakeScorer:
 def test_evaluate_domain_pairs_reads_chosen_then_rejected():
   chosen, rejected = [[5, 0], [1], [3, 3], [9]], [[2], [4, 4], [3], [0, 1]]
   scorer = FakeScorer()
-  out = evaluate_domain(scorer, pipeline.Domain("d", "pairs", chosen=chosen, rejected=rejected))
+  out = evaluate_domain(scorer, pipeline.Domain("d", "pairs", chosen=chosen, rejected=rejected), keep_scores=True)
   # rewards: chosen 5 1 3 9, rejected 2 4 3 0 -> win, loss, tie, win
-  assert out == {"accuracy": (1 + 0 + 0.5 + 1) / 4, "margin": (3 - 3 + 0 + 9) / 4, "n": 4}
+  assert (out["accuracy"], out["margin"], out["n"], out["chance"]) == ((1 + 0 + 0.5 + 1) / 4, (3 - 3 + 0 + 9) / 4, 4,
+                                                                       0.5)
+  assert out["margins"] == [3, -3, 0, 9]
+  assert out["accuracy_ci95"][0] < out["accuracy"] < out["accuracy_ci95"][1]
   assert scorer.calls == [chosen + rejected]
+
+
+def test_evaluate_domain_reports_nonfinite_rewards_instead_of_scoring_them():
+  class NaNScorer(FakeScorer):
+    def score_tokens(self, token_lists, **kwargs):
+      r = super().score_tokens(token_lists)
+      return np.where(r == 7, np.nan, r)
+  out = evaluate_domain(NaNScorer(), pipeline.Domain("d", "pairs", chosen=[[7], [2], [7]], rejected=[[1], [7], [1]]))
+  assert out["accuracy"] is None and out["nonfinite_rewards"] == 3
 
 
 def test_evaluate_domain_scored_correlates_with_the_score():

@@ -93,6 +93,25 @@ def test_spearman_by_hand():
   assert metrics.spearman([1, 2, 3], [0, 0, 9]) == pytest.approx(1.5 / np.sqrt(3.0), abs=1e-15)
 
 
+@pytest.mark.parametrize("k,n", [(7, 10), (0, 8), (8, 8), (33, 50)])
+def test_wilson_interval_matches_scipy(k, n):
+  expected = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+  lo, hi = metrics.wilson_interval(k / n, n)
+  assert (lo, hi) == pytest.approx((expected.low, expected.high), abs=1e-6)
+  assert lo <= k / n <= hi
+
+
+def test_fisher_interval_matches_scipy_pearsonr():
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=30)
+  y = x + rng.normal(size=30)
+  r = stats.pearsonr(x, y)
+  expected = r.confidence_interval(confidence_level=0.95)
+  lo, hi = metrics.fisher_interval(metrics.pearson(x, y), 30)
+  assert (lo, hi) == pytest.approx((expected.low, expected.high), abs=1e-6)
+  assert metrics.fisher_interval(0.5, 3) == (-1.0, 1.0)
+
+
 def test_metric_writer_round_trip(tmp_path):
   import json
   w = metrics.MetricWriter(tmp_path)
