@@ -50,6 +50,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.remat_policy": _enum("none", "full", "dots", "dots_no_batch"),
     "model.last_token_only": _any(_BOOL),
     "model.head_seed": _at_least(0),
+    "model.attention": _enum("xla", "splash"),
+    "model.scan_layers": _any(_BOOL),
     "data.dir": (lambda v: isinstance(v, str) and bool(v), "a directory (output of dial_jax.prepare)"),
     "data.setting": (lambda v: isinstance(v, str) and bool(v), "a setting folder name"),
     "data.max_length": _at_least(8),
@@ -168,6 +170,9 @@ def _check_combinations(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("train.trainable='lora' needs lora.rank >= 1 (or use train.trainable='full' or 'top_k')")
   if c.model.last_token_only and c.model.pooling != "last":
     raise ConfigError("model.last_token_only=True needs model.pooling='last' (mean pooling reads every token)")
+  if c.model.scan_layers and t.trainable == "top_k":
+    raise ConfigError("model.scan_layers=True stacks the layers, so train.trainable='top_k' (which selects layers by "
+                      "name) is not available; use 'lora' or 'full'")
   if c.dial.domain_loss == "dann" and c.dial.critic_input_scale != "none":
     raise ConfigError("dial.critic_input_scale applies to the WDGRL critic; use 'none' with dial.domain_loss='dann'")
 

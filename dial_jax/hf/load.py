@@ -246,10 +246,12 @@ def lora_config(config) -> LoraConfig:
   return LoraConfig(rank=config.lora.rank, alpha=float(config.lora.alpha), targets=tuple(config.lora.targets))
 
 
-def build_model(config):
-  """``(model, variables, tokenizer, model_dir)`` of a training config's backbone (``config.model``)."""
+def build_model(config, mesh=None):
+  """``(model, variables, tokenizer, model_dir)`` of a training config's backbone (``config.model``); ``mesh`` is
+  where splash attention's kernel is mapped (``model.attention="splash"``)."""
   m = config.model
   model, variables, model_dir = load_reward_model(
       m.name, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), pooling=m.pooling,
-      lora=lora_config(config), head_seed=m.head_seed, remat_policy=m.remat_policy, last_token_only=m.last_token_only)
+      lora=lora_config(config), head_seed=m.head_seed, remat_policy=m.remat_policy, last_token_only=m.last_token_only,
+      scan_layers=m.scan_layers, attention=m.attention, mesh=mesh)
   return model, variables, load_tokenizer(model_dir), model_dir

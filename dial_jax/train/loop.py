@@ -340,7 +340,7 @@ def _train_in_workdir(config, workdir: Path, is_main: bool) -> dict:
   start_time = time.time()
   mesh = parallel.make_mesh(config.mesh)
   logging.info("mesh: %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
-  model, variables, tokenizer, model_dir = load.build_model(config)
+  model, variables, tokenizer, model_dir = load.build_model(config, mesh)
   source, target, evals = load_data(config, tokenizer)
   logging.info("data: source %d %s, target %d %s, eval %s", len(source), source.kind, len(target), target.kind,
                {k: len(v) for k, v in evals.items()})
