@@ -229,12 +229,21 @@ def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
   return Path(exp.artifacts_dir) / (spec.run_id.replace("/", "_") + ".npz")
 
 
+# Config keys added after the current grid's runs were made, with the value at which they compute what the grid did.
+NEUTRAL_KEYS = {"model.attention": "xla", "model.scan_layers": False}
+
+
 def grid_fingerprint(exp: ml_collections.ConfigDict) -> str:
   """Hash of everything that defines a run besides its RunSpec: rows made under other settings never count."""
   parts = {k: exp[k] for k in ("model", "top_layers", "max_length", "truncation", "data_seed")}
   parts["limits"] = exp.limits.to_dict()
   parts["setting_overrides"] = exp.setting_overrides.to_dict()
-  parts["train_config"] = exp.train_config.to_dict()
+  train_config = exp.train_config.to_dict()
+  for key, default in NEUTRAL_KEYS.items():  # keys added after the grid started, at values that change nothing
+    section, name = key.split(".")
+    if train_config[section].get(name) == default:
+      train_config[section].pop(name)
+  parts["train_config"] = train_config
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
