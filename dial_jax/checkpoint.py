@@ -1,34 +1,38 @@
 """Orbax checkpoints of the train state (everything but the frozen base weights, which reload from the model)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
+from dial_jax import paths
 from dial_jax.train.state import TrainState
 
 
 class Checkpointer:
   """Saves every ``every`` steps (and when forced), keeps the last ``keep``; saves are asynchronous and atomic
-  (orbax writes to a temporary directory and renames it when complete)."""
+  (locally orbax writes to a temporary directory and renames it when complete; on a bucket, ``gs://...``, it
+  writes into the step's directory and marks it finished with a ``commit_success.txt`` object, written last)."""
 
-  def __init__(self, workdir: str | Path, every: int, keep: int):
+  def __init__(self, workdir, every: int, keep: int):
     self.every = every
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True,
                                            cleanup_tmp_directories=True)
-    self.directory = Path(workdir).absolute() / "checkpoints"
+    self.directory = paths.absolute(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def maybe_save(self, step: int, state: TrainState, force: bool = False) -> bool:
+  def due(self, step: int, force: bool = False) -> bool:
+    """Whether :meth:`maybe_save` would save ``step``."""
     if not force and (self.every <= 0 or step % self.every):
       return False
-    if step in self.manager.all_steps():
+    return step not in self.manager.all_steps()
+
+  def maybe_save(self, step: int, state: TrainState, force: bool = False) -> bool:
+    if not self.due(step, force):
       return False
     return self.manager.save(step, args=ocp.args.StandardSave(state.replace(frozen={})), force=True)
 

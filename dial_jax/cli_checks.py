@@ -47,7 +47,12 @@ def check_model(model: str) -> None:
   A training workdir is checked through its backbone (``model.name`` in its config.json) when that is a
   local directory; bundled names and hub ids are left to the loader.
   """
+  from dial_jax import paths
   from dial_jax.hf import load
+  if paths.is_uri(model):  # a bucket path can only be a training workdir (its backbone is checked when loaded)
+    if not (paths.path(model) / "config.json").is_file() or not paths.finished_steps(paths.path(model) / "checkpoints"):
+      raise UsageError(f"--model={model}: not a training workdir with a finished checkpoint")
+    return
   path = Path(model).expanduser()
   if not path.exists():
     if str(model).startswith((".", "/", "~")):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from dial_jax import paths
 from dial_jax.cli_checks import UsageError
 
 FLAGS = flags.FLAGS
@@ -32,22 +33,24 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing --output, only once t
 
 
 def checkpoint_steps(workdir) -> list[int]:
-  """Steps of the finished checkpoints in ``workdir/checkpoints`` (orbax's integer step directories)."""
-  ckpt = Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()) if ckpt.is_dir() else []
+  """Steps of the finished checkpoints in ``workdir/checkpoints`` (local or ``gs://``; see dial_jax.paths)."""
+  return paths.finished_steps(paths.path(workdir) / "checkpoints")
 
 
 def check_args(workdir, output, step: int | None, overwrite: bool) -> None:
   """Raises :class:`UsageError` (one line) for arguments that would fail or destroy data; loads nothing."""
-  wd, out = Path(workdir), Path(output)
+  if paths.is_uri(output):
+    raise UsageError(f"--output={output}: export writes a local directory; copy it to the bucket afterwards")
+  remote = paths.is_uri(workdir)  # a gs:// workdir cannot contain or be a local --output
+  wd, out = paths.path(workdir) if remote else Path(workdir), Path(output)
   if not (wd / "config.json").is_file() or not (wd / "checkpoints").is_dir():
     raise UsageError(f"--workdir={workdir} is not a training workdir (needs config.json and checkpoints/)")
-  wd_real, out_real = wd.resolve(), out.resolve()
-  if out_real == wd_real:
+  wd_real, out_real = wd if remote else wd.resolve(), out.resolve()
+  if not remote and out_real == wd_real:
     raise UsageError(f"--output={output} is the workdir: exporting there would replace the training run")
-  if wd_real in out_real.parents:
+  if not remote and wd_real in out_real.parents:
     raise UsageError(f"--output={output} is inside --workdir={workdir}; write the export outside the run")
-  if out_real in wd_real.parents:
+  if not remote and out_real in wd_real.parents:
     raise UsageError(f"--output={output} contains --workdir={workdir}; replacing it would delete the run")
   try:
     model_name = json.loads((wd / "config.json").read_text())["model"]["name"]

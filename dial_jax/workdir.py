@@ -1,36 +1,36 @@
 """Read a training workdir: its own saved config (``config.json``) plus a checkpoint's trained weights.
 
 Every reader of a workdir (``score``, ``evaluate``, ``export``) goes through here, so all of them use the run's
-saved config, never the command line's.
+saved config, never the command line's. A workdir may be local or in a bucket (``gs://...``, see
+:mod:`dial_jax.paths`).
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from dial_jax import paths
 from dial_jax.hf import load
 from dial_jax.inference import Scorer
 from dial_jax.train import state as state_lib
 
 
 def is_workdir(path) -> bool:
-  path = Path(path)
+  path = paths.path(path)
   return (path / "config.json").exists() and (path / "checkpoints").is_dir()
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
+  return ml_collections.ConfigDict(json.loads((paths.path(workdir) / "config.json").read_text()))
 
 
 def checkpoint_steps(workdir) -> list[int]:
-  """The steps of the workdir's finished checkpoints (orbax renames a checkpoint into place once complete)."""
-  root = Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+  """The steps of the workdir's finished checkpoints (see :func:`dial_jax.paths.finished_steps`)."""
+  return paths.finished_steps(paths.path(workdir) / "checkpoints")
 
 
 def load_trained(workdir, step: int | None = None):
@@ -42,7 +42,7 @@ def load_trained(workdir, step: int | None = None):
   if step is not None and step not in steps:
     raise FileNotFoundError(f"{workdir}: no checkpoint at step {step}; available steps: {steps}")
   model, variables, tokenizer, model_dir = load.build_model(config)
-  manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints")
+  manager = ocp.CheckpointManager(paths.absolute(workdir) / "checkpoints")
   step = manager.latest_step() if step is None else step
   restored = manager.restore(step, args=ocp.args.StandardRestore())
   manager.close()

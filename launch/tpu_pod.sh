@@ -269,7 +269,7 @@ fi
 
 # ---- 3. install -------------------------------------------------------------------------------
 if ((!SKIP_INSTALL)); then
-  tpu_ssh all "set -eu; export PATH=\"\$HOME/.local/bin:\$PATH\"; if ! command -v uv >/dev/null 2>&1; then curl -LsSf https://astral.sh/uv/install.sh | sh; fi; if [ ! -x $R_VENV/bin/python ]; then uv venv --python $(q "$PY_VERSION") $R_VENV; fi; uv pip install --python $R_VENV/bin/python -e $R_CODE 'jax[tpu]'"
+  tpu_ssh all "set -eu; export PATH=\"\$HOME/.local/bin:\$PATH\"; if ! command -v uv >/dev/null 2>&1; then curl -LsSf https://astral.sh/uv/install.sh | sh; fi; if [ ! -x $R_VENV/bin/python ]; then uv venv --python $(q "$PY_VERSION") $R_VENV; fi; uv pip install --python $R_VENV/bin/python -e $R_CODE'[gcs]' 'jax[tpu]'"
 fi
 
 # ---- 4. data ----------------------------------------------------------------------------------

@@ -4,13 +4,17 @@
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from dial_jax import config as config_lib
-from dial_jax import parallel
+from dial_jax import parallel, paths
 from dial_jax.checkpoint import Checkpointer
 from dial_jax.data import batching, pipeline, settings
 from dial_jax.hf import load
@@ -75,9 +79,10 @@ def load_data(config: ml_collections.ConfigDict, tokenizer):
   """(source train, target train, {eval split: Domain}) of the configured setting. Eval subsets
   (``data.max_eval_examples``) are the same draw for every seed, so runs are paired on the same examples."""
   d = config.data
-  root = Path(d.dir) / d.setting
-  if (Path(d.dir) / settings.MANIFEST).is_file():  # prepared data: the splits must be those prepare wrote
-    settings.check_manifest(d.dir, d.setting)
+  data_dir = local_data_dir(d.dir, d.setting)
+  root = Path(data_dir) / d.setting
+  if (Path(data_dir) / settings.MANIFEST).is_file():  # prepared data: the splits must be those prepare wrote
+    settings.check_manifest(data_dir, d.setting)
   else:
     logging.info("%s has no %s (not made by dial_jax.prepare): split files are used as they are", d.dir,
                  settings.MANIFEST)
@@ -95,6 +100,24 @@ def load_data(config: ml_collections.ConfigDict, tokenizer):
     if dom.n_skipped:
       logging.warning("%s: skipped %d bad rows", dom.name, dom.n_skipped)
   return source, target, evals
+
+
+def local_data_dir(data_dir: str, setting: str) -> str:
+  """``data_dir``, or for a bucket (``gs://...``) a local temporary copy of its manifest and ``setting``'s split
+  files (checked against the manifest like local ones; messages then name the copy), removed at exit."""
+  if not paths.is_uri(data_dir):
+    return data_dir
+  src, dst = paths.path(data_dir), Path(tempfile.mkdtemp(prefix="dial_data_"))
+  atexit.register(shutil.rmtree, dst, ignore_errors=True)
+  (dst / setting).mkdir()
+  if not (src / setting).is_dir():
+    raise FileNotFoundError(f"{src / setting}: no such directory (prepared splits of {setting!r})")
+  names = [settings.MANIFEST] if (src / settings.MANIFEST).is_file() else []
+  names += [f"{setting}/{p.name}" for p in (src / setting).iterdir() if p.name.endswith(".jsonl")]
+  for name in names:
+    (dst / name).write_bytes((src / name).read_bytes())
+  logging.info("copied %s (%d files) to %s", data_dir, len(names), dst)
+  return str(dst)
 
 
 def abstract_variables(model):
@@ -120,10 +143,8 @@ def evaluate(scorer: Scorer, evals: dict, *, progress: bool = False, keep_scores
           for name, domain in evals.items()}
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(_strict(obj), indent=2, sort_keys=True, allow_nan=False))
-  os.replace(tmp, path)
+def _write_json_atomic(path, obj) -> None:
+  paths.write_text_atomic(path, json.dumps(_strict(obj), indent=2, sort_keys=True, allow_nan=False))
 
 
 def _strict(obj):
@@ -234,12 +255,15 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
         writer.write(step, f"eval/{split}", values)
         logging.info("step %d eval %s: %s", step, split, values)
     if preemption is not None and preemption.requested():
+      _flush(writer)
       checkpointer.maybe_save(step, state, force=True)
       checkpointer.close()
       bar.close()
       logging.warning("SIGTERM received: saved a checkpoint at step %d; rerun the same command to resume", step)
       raise Preempted(step)
     if checkpointer is not None:
+      if checkpointer.due(step, force=step == num_steps):
+        _flush(writer)  # the metrics up to a checkpoint are stored before it (a bucket's are uploaded in batches)
       checkpointer.maybe_save(step, state, force=step == num_steps)
   bar.close()
   if checkpointer is not None:
@@ -257,6 +281,11 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
   return Outcome(results, variables)
 
 
+def _flush(writer) -> None:
+  if hasattr(writer, "flush"):
+    writer.flush()
+
+
 def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir) -> None:
   """Stop (one line, listing the keys) when ``config`` differs from the run saved in ``workdir`` in anything but
   :data:`RESUME_SAFE_KEYS`; ``train.num_steps`` may only grow."""
@@ -267,7 +296,7 @@ def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir) -> Non
     listed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:8])
     raise config_lib.ConfigError(
         f"{workdir} holds another run ({listed}{', ...' if len(differ) > 8 else ''}); use a new --workdir, or rerun "
-        f"with the run's own config (saved in {Path(workdir) / 'config.json'})")
+        f"with the run's own config (saved in {paths.path(workdir) / 'config.json'})")
   if new["train.num_steps"] < old.get("train.num_steps", 0):
     raise config_lib.ConfigError(f"{workdir}: train.num_steps={new['train.num_steps']} is below the saved run's "
                                  f"{old['train.num_steps']} (num_steps may only grow on resume)")
@@ -275,33 +304,55 @@ def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir) -> Non
 
 class WorkdirLock:
   """``<workdir>/lock`` held by one launch at a time (process 0): a second launch into the same workdir stops
-  with a message naming the holder. A lock left by a dead process on this host is taken over."""
+  with a message naming the holder. A lock left by a dead process on this host is taken over.
 
-  def __init__(self, workdir: Path):
-    self.path = workdir / "lock"
+  On a bucket the lock is a create-if-absent object (Cloud Storage enforces it). Its holder rewrites it every
+  ``refresh_s``, so a lock not rewritten for ``stale_s`` (its holder died with its VM, e.g. a preempted TPU VM that
+  did not get to release it) is taken over from any host."""
+
+  refresh_s, stale_s = 60.0, 600.0
+
+  def __init__(self, workdir):
+    self.path = paths.path(workdir) / "lock"
     self.held = False
+    self._stop, self._renewer = None, None
 
   def acquire(self) -> None:
     me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    remote = paths.is_uri(self.path)
     try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      paths.create_exclusive(self.path, json.dumps(me))
     except FileExistsError:
-      try:
-        holder = json.loads(self.path.read_text())
-      except (OSError, json.JSONDecodeError):
-        holder = {}
-      if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
-        logging.warning("%s: taking over the lock of process %s, which no longer runs", self.path, holder.get("pid"))
+      holder = paths.read_json(self.path, {})
+      holder = holder if isinstance(holder, dict) else {}
+      dead = holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1))
+      stale = remote and time.time() - float(holder.get("time") or 0) > self.stale_s
+      if dead or stale:
+        why = "no longer runs" if dead else f"has not renewed it for {self.stale_s:.0f} s"
+        logging.warning("%s: taking over the lock of process %s on %s, which %s", self.path, holder.get("pid"),
+                        holder.get("host"), why)
         self.path.unlink(missing_ok=True)
         return self.acquire()
       raise RuntimeError(f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} "
                          f"(lock file {self.path}); wait for it, or delete the lock if that process is gone") from None
-    with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
     self.held = True
+    if remote:
+      self._stop = threading.Event()
+      self._renewer = threading.Thread(target=self._renew, args=(me,), daemon=True)
+      self._renewer.start()
+
+  def _renew(self, me: dict) -> None:
+    while not self._stop.wait(self.refresh_s):
+      try:
+        self.path.write_text(json.dumps({**me, "time": time.time()}))
+      except Exception as e:  # a failed renewal must not stop training
+        logging.warning("%s: could not renew the lock (%s)", self.path, e)
 
   def release(self) -> None:
     if self.held:
+      if self._stop is not None:
+        self._stop.set()
+        self._renewer.join(timeout=60)  # a renewal in flight must not re-create the lock after it is deleted
       self.path.unlink(missing_ok=True)
       self.held = False
 
@@ -317,7 +368,7 @@ def _pid_alive(pid: int) -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train per ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the results."""
   config_lib.validate(config)
-  workdir = Path(workdir).absolute()
+  workdir = paths.absolute(workdir)  # local: absolute; gs://...: as it is
   is_main = jax.process_index() == 0
   saved_config = workdir / "config.json"
   has_checkpoints = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
@@ -336,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lock.release()
 
 
-def _train_in_workdir(config, workdir: Path, is_main: bool) -> dict:
+def _train_in_workdir(config, workdir, is_main: bool) -> dict:
   start_time = time.time()
   mesh = parallel.make_mesh(config.mesh)
   logging.info("mesh: %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())

@@ -1,0 +1,215 @@
+"""A gs:// workdir, against a local Cloud Storage emulator (tests/conftest.py: gcs_emulator): the run's files go to
+the bucket and nowhere on local disk, a SIGTERM-interrupted run resumes bit-identically from the bucket, evaluate /
+score / export read the bucket workdir, and two processes (jax.distributed) save to and resume from it."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+REPO = Path(__file__).resolve().parents[1]
+N, STEPS = 3, 24  # checkpoint every N steps; enough steps that a SIGTERM sent once checkpoint N exists lands mid-run
+SETTING = "few_shot"
+WALL_CLOCK = ("time", "step_time_s")  # the only metrics that may differ between identical runs
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gcs_run")
+  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data")
+
+
+def bucket_fs():
+  """A gcsfs client without listing caches (the test reads what other processes wrote)."""
+  import gcsfs
+  return gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True, use_listings_cache=False)
+
+
+def objects(prefix: str) -> list[str]:
+  """Object names under gs://<prefix>/, relative to it."""
+  return sorted(name[len(prefix) + 1:] for name in bucket_fs().find(prefix))
+
+
+def command(dirs, workdir, steps=STEPS, every=N, data_dir=None):
+  model_dir, data_dir = dirs[0], data_dir or dirs[1]
+  return [sys.executable, "-m", "dial_jax.main", f"--config={REPO / 'configs' / f'{SETTING}.py'}",
+          f"--workdir={workdir}", f"--config.model.name={model_dir}", f"--config.data.dir={data_dir}",
+          "--config.data.max_length=64", "--config.data.max_eval_examples=8", "--config.lora.rank=4",
+          "--config.dial.critic_widths=(32,16)", f"--config.train.num_steps={steps}",
+          f"--config.train.checkpoint_every={every}", "--config.train.log_every=1",
+          "--config.train.keep_checkpoints=20"]
+
+
+def env(**extra):
+  return {**os.environ, "PYTHONPATH": str(REPO), **extra}  # os.environ holds the emulator's variables
+
+
+def run(cmd, cwd, **extra_env):
+  p = subprocess.run(cmd, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return p
+
+
+@pytest.fixture(scope="module")
+def full_run(gcs_emulator, dirs, tmp_path_factory):
+  """An uninterrupted run into gs://bucket/full, started in an empty directory; (workdir, that directory)."""
+  cwd = tmp_path_factory.mktemp("cwd")
+  run(command(dirs, "gs://bucket/full"), cwd)
+  return "gs://bucket/full", cwd
+
+
+def read_json(uri):
+  return json.loads(bucket_fs().cat(uri[len("gs://"):]))
+
+
+def train_metrics(uri):
+  rows = [json.loads(line) for line in bucket_fs().cat(uri[len("gs://"):] + "/metrics.jsonl").decode().splitlines()]
+  by_step = {r["step"]: r for r in rows if r["kind"] == "train"}  # a re-run step's last record wins
+  return {s: {k: v for k, v in r.items() if k not in WALL_CLOCK} for s, r in sorted(by_step.items())}
+
+
+def final_state(uri, step=STEPS):
+  import orbax.checkpoint as ocp
+  from etils import epath
+  manager = ocp.CheckpointManager(epath.Path(uri) / "checkpoints")
+  restored = manager.restore(step, args=ocp.args.StandardRestore())
+  manager.close()
+  return restored
+
+
+def test_gs_workdir_holds_the_run_and_nothing_is_written_locally(full_run):
+  workdir, cwd = full_run
+  names = objects(workdir[len("gs://"):])
+  for name in ("config.json", "metrics.jsonl", "results.json"):
+    assert name in names, names
+  assert any(n.startswith("tensorboard/events.out.tfevents.") for n in names), names
+  steps = {int(n.split("/")[1]) for n in names if n.startswith("checkpoints/") and n.endswith("/commit_success.txt")}
+  assert steps == set(range(N, STEPS + 1, N)), names
+  assert "lock" not in names and not any(n.endswith(".tmp") for n in names), names  # released, temporaries removed
+  assert list(cwd.iterdir()) == []  # no gs:/bucket/... (or anything else) under the current directory
+  assert not (REPO / "gs:").exists()
+  results = read_json(workdir + "/results.json")
+  assert results["trained_steps"] == STEPS and results["eval"]["target_test"]["n"] == 8
+  assert sorted(train_metrics(workdir)) == list(range(1, STEPS + 1))
+  from dial_jax import workdir as workdir_lib
+  assert workdir_lib.is_workdir(workdir) and workdir_lib.checkpoint_steps(workdir) == sorted(steps)
+  assert workdir_lib.load_config(workdir).train.num_steps == STEPS
+
+
+def test_sigterm_on_gs_saves_and_resume_from_the_bucket_is_exact(full_run, dirs, tmp_path):
+  workdir = "gs://bucket/preempted"
+  proc = subprocess.Popen(command(dirs, workdir), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  fs, deadline = bucket_fs(), time.time() + 600
+  while not fs.exists(f"bucket/preempted/checkpoints/{N}/commit_success.txt"):
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    assert time.time() < deadline
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 143, err[-2000:]
+  assert "SIGTERM received: saved a checkpoint at step" in err
+  from dial_jax import workdir as workdir_lib
+  saved = workdir_lib.checkpoint_steps(workdir)
+  assert N <= saved[-1] < STEPS and not fs.exists("bucket/preempted/results.json") and not fs.exists(
+      "bucket/preempted/lock")
+  run(command(dirs, workdir), tmp_path)
+  assert list(tmp_path.iterdir()) == []
+  a, b = final_state(full_run[0]), final_state(workdir)
+  for key in ("trainable", "critic", "opt_state", "rng"):
+    flat_a, flat_b = dict(_flatten(a[key])), dict(_flatten(b[key]))
+    assert flat_a.keys() == flat_b.keys()
+    for k in flat_a:
+      np.testing.assert_array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k]), err_msg=f"{key} {k}")
+  assert train_metrics(full_run[0]) == train_metrics(workdir)
+  assert read_json(workdir + "/results.json")["eval"] == read_json(full_run[0] + "/results.json")["eval"]
+
+
+def test_evaluate_score_and_export_read_a_gs_workdir(full_run, dirs, tmp_path):
+  workdir = full_run[0]
+  data = dirs[1] / SETTING / "target_test.jsonl"
+  out = run([sys.executable, "-m", "dial_jax.evaluate", f"--model={workdir}", f"--data={data}", "--limit=8",
+             "--max_length=64"], tmp_path).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  # the same 8 examples (the seeded subset) as the run's final evaluation, scored with the same trained weights
+  assert result["accuracy"] == read_json(workdir + "/results.json")["eval"]["target_test"]["accuracy"]
+  (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n"
+                                             for i in range(3)))
+  run([sys.executable, "-m", "dial_jax.score", f"--model={workdir}", f"--input={tmp_path / 'in.jsonl'}",
+       f"--output={tmp_path / 'out.jsonl'}", "--max_length=64"], tmp_path)
+  rewards = [json.loads(line)["reward"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert len(rewards) == 3 and all(np.isfinite(rewards))
+  out = run([sys.executable, "-m", "dial_jax.export", f"--workdir={workdir}", f"--output={tmp_path / 'hf'}",
+             f"--step={N}"], tmp_path).stdout
+  assert json.loads(out.strip().splitlines()[-1])["step"] == N
+  assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "in.jsonl", "out.jsonl"]
+
+
+def test_lock_in_a_bucket(gcs_emulator):
+  """A second launch into a gs:// workdir stops naming the holder; a lock its holder stopped renewing is taken
+  over (a preempted VM that could not release it)."""
+  from dial_jax.train.loop import WorkdirLock
+  first = WorkdirLock("gs://bucket/locked")
+  first.acquire()
+  holder = read_json("gs://bucket/locked/lock")
+  assert holder["pid"] == os.getpid()
+  with pytest.raises(RuntimeError, match="gs://bucket/locked is in use by process"):
+    WorkdirLock("gs://bucket/locked").acquire()
+  first.release()
+  assert not bucket_fs().exists("bucket/locked/lock")
+  bucket_fs().pipe("bucket/locked/lock", json.dumps({"host": "gone-vm", "pid": 1, "time": time.time() - 3600}).encode())
+  second = WorkdirLock("gs://bucket/locked")
+  second.acquire()
+  assert read_json("gs://bucket/locked/lock")["pid"] == os.getpid()
+  second.release()
+
+
+@pytest.mark.slow
+def test_two_processes_save_to_and_resume_from_a_gs_workdir(gcs_emulator, dirs, tmp_path):
+  """2 processes (jax.distributed, gloo on CPU, 1 device each) write one run into gs://bucket/two; rerun with more
+  steps, they resume from its last checkpoint. The prepared data is read from the bucket too."""
+  workdir = "gs://bucket/two"
+  bucket_fs().put(f"{dirs[1]}/", "bucket/data/", recursive=True)
+
+  def both(steps):
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    cmd = command(dirs, workdir, steps=steps, every=2, data_dir="gs://bucket/data")
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+        for i in range(2)]
+    for p in procs:
+      _, err = p.communicate(timeout=900)
+      assert p.returncode == 0, err[-3000:]
+
+  both(4)
+  from dial_jax import workdir as workdir_lib
+  assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
+  assert read_json(workdir + "/results.json")["trained_steps"] == 4
+  both(6)
+  assert workdir_lib.checkpoint_steps(workdir) == [2, 4, 6]
+  assert read_json(workdir + "/results.json")["trained_steps"] == 2  # resumed at step 4
+  assert sorted(train_metrics(workdir)) == list(range(1, 7))
+  assert list(tmp_path.iterdir()) == []
+
+
+def _flatten(tree, prefix=()):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _flatten(v, prefix + (k,))
+  elif isinstance(tree, (list, tuple)):
+    for i, v in enumerate(tree):
+      yield from _flatten(v, prefix + (i,))
+  else:
+    yield prefix, tree
