@@ -141,8 +141,12 @@ def test_quick_grid_report(quick_grid):
   text = report.write_report(exp, str(root / "REPORT.md"), num_samples=50)
   assert "| few-shot-to-full (TL;DR) | 8 | — | 8 | 8 | 8 | 64 | keep the end |" in text  # split sizes used
   assert "| few-shot-to-full (TL;DR) | accuracy |" in text
+  from matplotlib import image
   for name in ("target_metric", "loss_balance", "embeddings"):
-    assert (root / "figures" / f"{name}.png").stat().st_size > 1000
+    assert f"](figures/{name}.png)" in text, name  # the report shows it
+    pixels = image.imread(root / "figures" / f"{name}.png")  # a decodable PNG, not an empty or blank canvas
+    assert pixels.ndim == 3 and min(pixels.shape[:2]) >= 200, (name, pixels.shape)
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 16, name
 
 
 def test_committed_results_hold_current_grid_rows_from_committed_code():
