@@ -21,7 +21,8 @@ flags.DEFINE_string("model", None, "Training workdir, HF model directory, bundle
 flags.DEFINE_string("data", None, "Canonical JSONL (pairs or scored texts).", required=True)
 flags.DEFINE_integer("batch_size", 16, "Texts per forward pass.")
 flags.DEFINE_integer("max_length", 1024, "Longest token sequence; longer texts keep their end.")
-flags.DEFINE_integer("limit", 0, "Evaluate only the first N examples (0 = all).")
+flags.DEFINE_integer("limit", 0, "Evaluate a seeded random subset of N examples, stratified by the file's group "
+                     "column where it has one (0 = all).")
 flags.DEFINE_bool("skip_bad_rows", False, "Skip malformed rows (reported) instead of stopping.")
 
 

@@ -176,8 +176,6 @@ def test_evaluate_cli_end_to_end(model_dir, tmp_path):
   assert got["spearman"] == pytest.approx(stats.spearmanr(rewards, scores).statistic, abs=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate --limit's help says 'the first N examples', but load_domain(limit=N) "
-                   "keeps a seeded random subset: fix the flag's help text (or take the first N)")
 def test_evaluate_limit_help_matches_what_it_keeps(tmp_path):
   from dial_jax import evaluate  # noqa: F401  (defines the flags)
   from absl import flags
