@@ -70,6 +70,12 @@ def create_exclusive(p, text: str) -> None:
   fs.pipe_file(key, text.encode(), mode="create")
 
 
+def bucket_exists(p) -> bool:
+  """Whether the bucket of ``p`` (``gs://bucket/...``) exists and can be read."""
+  fs, key = fsspec.core.url_to_fs(os.fspath(p))
+  return fs.exists(key.split("/")[0])
+
+
 def read_json(p, default=None):
   """The JSON in ``p``, or ``default`` when it is missing or unreadable."""
   try:

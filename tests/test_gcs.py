@@ -169,6 +169,15 @@ def test_argument_checks_on_bucket_paths(full_run, tmp_path):
     export.check_args(workdir, "gs://bucket/exported", None, False)
 
 
+def test_a_missing_bucket_is_one_line(gcs_emulator, dirs, tmp_path):
+  p = subprocess.run(command(dirs, "gs://no-such-bucket/run"), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                     timeout=600)
+  assert p.returncode == 1
+  assert p.stderr.strip().splitlines()[-1] == ("error: gs://no-such-bucket/run: the bucket does not exist or cannot "
+                                               "be read; create it first")
+  assert not bucket_fs().exists("no-such-bucket") and list(tmp_path.iterdir()) == []
+
+
 def test_lock_in_a_bucket(gcs_emulator):
   """A second launch into a gs:// workdir stops naming the holder; a lock its holder stopped renewing is taken
   over (a preempted VM that could not release it)."""

@@ -377,7 +377,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   elif has_checkpoints:
     raise config_lib.ConfigError(f"{workdir} has checkpoints but no config.json: it is not a run this version can "
                                  "resume; use a new --workdir")
-  workdir.mkdir(parents=True, exist_ok=True)
+  if not paths.is_uri(workdir):
+    workdir.mkdir(parents=True, exist_ok=True)
+  elif not paths.bucket_exists(workdir):  # objects need no directories; mkdir would even create a missing bucket
+    raise config_lib.ConfigError(f"{workdir}: the bucket does not exist or cannot be read; create it first")
   lock = WorkdirLock(workdir)
   if is_main:
     lock.acquire()
