@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dial_jax"
 
 # Lower layers never import higher ones: models <- data <- inference <- train <- CLIs.
 LAYERS = [
-    ("dial_jax.config", "dial_jax.losses", "dial_jax.metrics", "dial_jax.parallel", "dial_jax.flops",
+    ("dial_jax.config", "dial_jax.paths", "dial_jax.losses", "dial_jax.metrics", "dial_jax.parallel", "dial_jax.flops",
      "dial_jax.tpu_slices", "dial_jax.models", "dial_jax.hf"),
     ("dial_jax.data",),
     ("dial_jax.inference",),

@@ -15,9 +15,7 @@ import jax.numpy as jnp
 
 from dial_jax.models import layers
 
-FULL = "full_attention"
-SLIDING = "sliding_attention"
-MIXED = "mixed"  # scanned layers of both types: a per-layer flag picks the mask and RoPE inside the scan
+FULL, SLIDING, MIXED = layers.FULL, layers.SLIDING, layers.MIXED
 ATTENTIONS = ("xla", "splash")
 SPLASH_MULTIPLE = 128  # splash runs on lengths that are multiples of this (its lane width); others take xla
 

@@ -15,6 +15,11 @@ import jax.numpy as jnp
 Dtype = Any
 
 LORA_COLLECTION = "lora"
+# Attention layer types (the HF config's names); MIXED: scanned layers of both types, where a per-layer flag picks
+# the mask and RoPE inside the scan.
+FULL = "full_attention"
+SLIDING = "sliding_attention"
+MIXED = "mixed"
 
 
 def _param_init(std: float = 0.02):

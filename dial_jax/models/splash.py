@@ -136,9 +136,9 @@ def attention(q, k, v, mask: Any, config, layer_type: str, *, sliding=None, mesh
   """The decoder's splash attention for one layer. ``mask``: the [B, T] segment ids of a padded batch, or the
   ``(segment_ids, positions, branch_ids)`` of packed rows; a dict of those by layer type for a scanned MIXED layer,
   whose traced ``sliding`` flag then picks the local or global kernel with ``lax.cond``."""
-  from dial_jax.models import decoder, layers  # decoder imports this module lazily
+  from dial_jax.models import layers
   if isinstance(mask, dict):
-    mask = mask[decoder.FULL]  # the same arrays for both types; the window is the kernel's
+    mask = mask[layers.FULL]  # the same arrays for both types; the window is the kernel's
   common = dict(scale=config.attention_scale, soft_cap=config.attn_logit_softcapping, mesh=mesh,
                 interpret=interpret)
 
@@ -149,6 +149,6 @@ def attention(q, k, v, mask: Any, config, layer_type: str, *, sliding=None, mesh
       return splash_attention(q, k, v, dense_mask=dense, **common)
     return splash_attention(q, k, v, segment_ids=mask, window=window, **common)
 
-  if layer_type == decoder.MIXED:
+  if layer_type == layers.MIXED:
     return jax.lax.cond(sliding, lambda: run(config.sliding_window), lambda: run(None))
-  return run(config.sliding_window if layer_type == decoder.SLIDING else None)
+  return run(config.sliding_window if layer_type == layers.SLIDING else None)
