@@ -66,6 +66,16 @@ def full_run(gcs_emulator, dirs, tmp_path_factory):
   return "gs://bucket/full", cwd
 
 
+def event_records(data: bytes) -> int:
+  """Records in a TensorBoard event file (TFRecord framing: length, its crc, data, data crc)."""
+  n = pos = 0
+  while pos < len(data):
+    pos += 8 + 4 + int.from_bytes(data[pos:pos + 8], "little") + 4
+    n += 1
+  assert pos == len(data)
+  return n
+
+
 def read_json(uri):
   return json.loads(bucket_fs().cat(uri[len("gs://"):]))
 
@@ -90,7 +100,8 @@ def test_gs_workdir_holds_the_run_and_nothing_is_written_locally(full_run):
   names = objects(workdir[len("gs://"):])
   for name in ("config.json", "metrics.jsonl", "results.json"):
     assert name in names, names
-  assert any(n.startswith("tensorboard/events.out.tfevents.") for n in names), names
+  (events,) = [n for n in names if n.startswith("tensorboard/events.out.tfevents.")]
+  assert event_records(bucket_fs().cat(f"{workdir[len('gs://'):]}/{events}")) > STEPS * 10  # every step's scalars
   steps = {int(n.split("/")[1]) for n in names if n.startswith("checkpoints/") and n.endswith("/commit_success.txt")}
   assert steps == set(range(N, STEPS + 1, N)), names
   assert "lock" not in names and not any(n.endswith(".tmp") for n in names), names  # released, temporaries removed
