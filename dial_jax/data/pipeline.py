@@ -110,6 +110,8 @@ def _epoch_index(n: int, seed: int, salt: int, global_positions: np.ndarray) -> 
 
 BATCH_KEYS = tuple(f"{d}_{side}_{kind}" for d in ("source", "target") for side in ("chosen", "rejected")
                    for kind in ("ids", "mask")) + ("target_pair_weight",)
+# The target's "chosen"/"rejected" slots hold a pair in a label-free order; target_pair_weight's sign says which
+# text is preferred (+1 the first, -1 the second, 0 a tie). Only the oracle loss and monitor metrics read it.
 
 
 class PairedBatches:
@@ -152,23 +154,34 @@ class PairedBatches:
       raise ValueError(f"pack_rows_multiple must be >= 1, got {pack_rows_multiple}")
     self.pack_rows_multiple = pack_rows_multiple
 
-  def _pairs(self, domain: Domain, salt: int, step: int):
-    """(chosen token lists, rejected token lists, weights) in global order for one step."""
+  def _pairs(self, domain: Domain, salt: int, step: int, labeled: bool):
+    """(first token lists, second token lists, signed weights) in global order for one step.
+
+    Labeled (the source): first = chosen, second = rejected, weight 1. Unlabeled (the target): the two texts of a
+    pair are put in an order that does not depend on the label (token lists compared), and the label survives
+    only as the weight's sign (+1: first preferred, -1: second, 0: a scored tie), which the step reads for the
+    oracle loss and the monitor metrics alone. So flipping every target label changes nothing else, bit for bit.
+    """
     positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
     if domain.kind == "pairs":
       idx = _epoch_index(len(domain), self.seed, salt, positions)
-      return [domain.chosen[i] for i in idx], [domain.rejected[i] for i in idx], np.ones(len(idx), np.float32)
-    # Scored texts: two draws per pair; the higher score is "chosen", ties get weight 0 (no label).
-    a = _epoch_index(len(domain), self.seed, salt, 2 * positions)
-    b = _epoch_index(len(domain), self.seed, salt, 2 * positions + 1)
-    swap = domain.scores[a] < domain.scores[b]
-    hi, lo = np.where(swap, b, a), np.where(swap, a, b)
-    weight = (domain.scores[a] != domain.scores[b]).astype(np.float32)
-    return [domain.texts[i] for i in hi], [domain.texts[i] for i in lo], weight
+      first, second = [domain.chosen[i] for i in idx], [domain.rejected[i] for i in idx]
+      sign = np.ones(len(idx), np.float32)
+    else:  # scored texts: two draws per pair; the higher score is preferred, ties carry no label
+      a = _epoch_index(len(domain), self.seed, salt, 2 * positions)
+      b = _epoch_index(len(domain), self.seed, salt, 2 * positions + 1)
+      first, second = [domain.texts[i] for i in a], [domain.texts[i] for i in b]
+      sign = np.sign(domain.scores[a] - domain.scores[b]).astype(np.float32)
+    if labeled:  # the constructor checked the source is pairs
+      return first, second, sign
+    for i, (x, y) in enumerate(zip(first, second)):
+      if list(y) < list(x):
+        first[i], second[i], sign[i] = y, x, -sign[i]
+    return first, second, sign
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    s_c, s_r, _ = self._pairs(self.source, 0, step)
-    t_c, t_r, t_w = self._pairs(self.target, 1, step)
+    s_c, s_r, _ = self._pairs(self.source, 0, step, labeled=True)
+    t_c, t_r, t_w = self._pairs(self.target, 1, step, labeled=False)
     if self.packing_mode != "none":
       return self._packed_batch(s_c, s_r, t_c, t_r, t_w)
     length = batching.bucket_for(max(len(t) for t in s_c + s_r + t_c + t_r), self.buckets)

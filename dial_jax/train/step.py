@@ -44,13 +44,16 @@ def next_token_loss(logits, ids, mask):
   return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def _weighted_bt(r_chosen, r_rejected, weight):
-  nll = -jax.nn.log_sigmoid(r_chosen - r_rejected)
+def _weighted_bt(r_first, r_second, signed_weight):
+  """Bradley-Terry loss of pairs whose preferred side is the weight's sign (+1 first, -1 second, 0 no label)."""
+  weight = jnp.abs(signed_weight)
+  nll = -jax.nn.log_sigmoid(jnp.sign(signed_weight) * (r_first - r_second))
   return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def _weighted_accuracy(r_chosen, r_rejected, weight):
-  hit = jnp.where(r_chosen > r_rejected, 1.0, jnp.where(r_chosen == r_rejected, 0.5, 0.0))
+def _weighted_accuracy(r_first, r_second, signed_weight):
+  weight, margin = jnp.abs(signed_weight), jnp.sign(signed_weight) * (r_first - r_second)
+  hit = jnp.where(margin > 0, 1.0, jnp.where(margin == 0, 0.5, 0.0))
   return jnp.sum(hit * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
