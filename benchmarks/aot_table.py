@@ -66,11 +66,12 @@ def short_problem(p: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-  out = ["| slice | mesh | remat | train GiB/chip (HBM) | fits | eval GiB/chip | compiled TFLOP/step | model TFLOP/step "
-         "| compute bound ms | HBM bound ms | problems |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+  out = ["| slice | mesh | remat | pairs x micro-batches | train GiB/chip (HBM) | fits | eval GiB/chip | compiled TFLOP/step | model TFLOP/step "
+         "| compute bound ms | HBM bound ms | problems |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   order = {(t, m, r): i for i, (t, m, r) in enumerate((t, m, r) for t in TOPOLOGIES for m in MESHES
                                                       for r in ("none", "dots", "full"))}
-  for r in sorted(rows, key=lambda r: order.get((r["topology"], r["mesh_name"], r["remat_policy"]), 99)):
+  for r in sorted(rows, key=lambda r: (order.get((r["topology"], r["mesh_name"], r["remat_policy"]), 99),
+                                       -r["grad_accum_steps"])):
     t = r["train"]
     hbm = r["hbm_bytes_per_chip"] / 2**30
     mem = f"{t['memory_per_chip']['total'] / 2**30:.1f} ({hbm:.0f})" if "memory_per_chip" in t else f"OOM ({hbm:.0f})"
@@ -82,7 +83,8 @@ def table(rows: list[dict]) -> str:
     hbm_bound = f"{t['memory_bound_s'] * 1e3:.0f}" if "memory_bound_s" in t else "-"
     problems = "; ".join(short_problem(p) for p in r["problems"])
     out.append(f"| {r['topology']} ({r['hosts']} host{'s' if r['hosts'] > 1 else ''}) | {r['mesh_name']} "
-               f"{'x'.join(str(v) for v in r['mesh'].values())} | {r['remat_policy']} | {mem} | "
+               f"{'x'.join(str(v) for v in r['mesh'].values())} | {r['remat_policy']} | "
+               f"{r['pairs_per_domain'] // r['grad_accum_steps']} x {r['grad_accum_steps']} | {mem} | "
                f"{'yes' if t['fits'] else 'no'} | {ev} | {flops} | {t['model_flops_per_step'] / 1e12:.0f} | {bound} | {hbm_bound} | "
                f"{problems or '-'} |")
   return "\n".join(out)
