@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dial_jax import cli_logging  # noqa: F401  (first: quiets library INFO logs)
 from dial_jax import flops as flops_lib
 from dial_jax import parallel, tpu_slices
 from dial_jax.data import batching, pipeline

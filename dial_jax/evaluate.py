@@ -11,6 +11,7 @@ import sys
 
 from absl import app, flags
 
+from dial_jax import cli_logging  # noqa: F401  (first: quiets library INFO logs)
 from dial_jax import cli_checks as checks
 from dial_jax.data import pipeline
 from dial_jax import workdir

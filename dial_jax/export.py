@@ -16,6 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from dial_jax import cli_logging  # noqa: F401  (first: quiets library INFO logs)
 from dial_jax import paths
 from dial_jax.cli_checks import UsageError
 

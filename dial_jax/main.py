@@ -5,36 +5,17 @@ r"""Train a DIAL reward model.
 
 Rerunning the same command with the same --workdir resumes from the latest checkpoint (only if the config defines
 the same run; see ``dial_jax.train.loop.check_resume``). Orbax, absl and JAX messages are shown from WARNING up
-unless ``--verbosity`` asks for more.
+unless ``--verbosity`` asks for more (``dial_jax.cli_logging``).
 """
-import os
 import sys
 
-# No TPU/GPU backend probing noise on a host without one (set before jax is imported).
-os.environ.setdefault("JAX_PLATFORMS", "cpu" if not os.path.exists("/dev/accel0") and not os.path.exists(
-    "/dev/nvidiactl") and not os.environ.get("TPU_WORKER_HOSTNAMES") else "")
-if not os.environ["JAX_PLATFORMS"]:
-  del os.environ["JAX_PLATFORMS"]
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-_QUIET = ("/orbax/", "/jax/_src/", "/etils/", "/tensorstore/", "/datasets/", "/transformers/")
-
-
-def _library_info(record) -> bool:
-  import logging as py_logging
-  return record.levelno < py_logging.WARNING and any(p in record.pathname for p in _QUIET)
-
-
-_KEEP_OURS = lambda record: not _library_info(record)
-# Orbax, JAX, etils, datasets and transformers log INFO through absl's handler (hundreds of lines per checkpoint):
-# dropped from the start (some come at import time); main() lets them through again with --verbosity >= 1.
-logging.get_absl_handler().addFilter(_KEEP_OURS)
-
-from dial_jax import config as config_lib  # noqa: E402
-from dial_jax import parallel  # noqa: E402
-from dial_jax.train import loop  # noqa: E402
+from dial_jax import cli_logging  # first: quiets the libraries' INFO lines, some of which come at import time
+from dial_jax import config as config_lib
+from dial_jax import parallel
+from dial_jax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with a preset: configs/few_shot.py:paper.",
@@ -62,15 +43,10 @@ def parse_flags(argv):
     raise
 
 
-def quiet_libraries() -> None:
-  if FLAGS.verbosity >= 1:
-    logging.get_absl_handler().removeFilter(_KEEP_OURS)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  quiet_libraries()
+  cli_logging.apply_verbosity()
   try:
     config_lib.validate(FLAGS.config)
   except config_lib.ConfigError as e:

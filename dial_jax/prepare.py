@@ -25,6 +25,7 @@ from typing import Sequence
 
 from absl import flags
 
+from dial_jax import cli_logging  # noqa: F401  (first: quiets library INFO logs)
 from dial_jax.data import settings as S
 
 _SFF = "https://openaipublic.blob.core.windows.net/summarize-from-feedback/dataset/comparisons/"

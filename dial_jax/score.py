@@ -16,6 +16,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from dial_jax import cli_logging  # noqa: F401  (first: quiets library INFO logs)
 from dial_jax.cli_checks import UsageError, check_input_file, check_model, check_output_file, check_positive
 from dial_jax.data import tokenize
 

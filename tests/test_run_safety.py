@@ -143,6 +143,18 @@ def test_resuming_another_run_is_refused_and_config_json_kept(dirs, finished, tm
   results = json.loads((workdir / "results.json").read_text())
   assert evaluated["accuracy"] == results["eval"]["target_test"]["accuracy"]
   assert evaluated["margin"] == pytest.approx(results["eval"]["target_test"]["margin"], abs=1e-6)
+  # ... and so does score, on the same 8 pairs (the seeded subset load_domain draws) as prompt/response rows.
+  from dial_jax.data import pipeline
+  rows = [json.loads(line) for line in data.read_text().splitlines()]
+  picked = [rows[i] for i in pipeline.subset_indices([r.get("group") or r["id"] for r in rows], 8, seed=0)]
+  texts = tmp_path / "texts.jsonl"
+  texts.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r[side]}) + "\n"
+                           for side in ("response_chosen", "response_rejected") for r in picked))
+  proc = run([sys.executable, "-m", "dial_jax.score", f"--model={workdir}", f"--input={texts}",
+              f"--output={tmp_path / 'scored.jsonl'}", "--max_length=64"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rewards = [json.loads(line)["reward"] for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+  assert np.mean(np.subtract(rewards[:8], rewards[8:])) == pytest.approx(evaluated["margin"], abs=1e-5)
 
 
 def test_more_steps_resume_the_same_run(dirs, finished, tmp_path):

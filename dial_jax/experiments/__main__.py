@@ -7,6 +7,7 @@ r"""Run the quality experiment grid (resumable; skips runs already in the result
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dial_jax import cli_logging  # noqa: F401  (first: quiets library INFO logs)
 from dial_jax.experiments import report, runner
 
 FLAGS = flags.FLAGS
