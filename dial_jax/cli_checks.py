@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+from dial_jax import paths
+
 
 class UsageError(ValueError):
   """A bad flag value or model directory, found before the model loads (one line)."""
@@ -89,4 +91,44 @@ def check_model(model: str) -> None:
   except (ValueError, OSError) as e:
     if isinstance(e, UsageError):
       raise
+    raise UsageError(str(e)) from None
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """Steps of the finished checkpoints in ``workdir/checkpoints`` (local or ``gs://``; see dial_jax.paths)."""
+  return paths.finished_steps(paths.path(workdir) / "checkpoints")
+
+
+def check_export_args(workdir, output, step: int | None, overwrite: bool) -> None:
+  """``dial_jax.export``'s arguments: raises :class:`UsageError` (one line) for arguments that would fail or destroy
+  data; loads nothing. (Here, not in the CLI module, so it can be called without registering the CLI's flags.)"""
+  if paths.is_uri(output):
+    raise UsageError(f"--output={output}: export writes a local directory; copy it to the bucket afterwards")
+  remote = paths.is_uri(workdir)  # a gs:// workdir cannot contain or be a local --output
+  wd, out = paths.path(workdir) if remote else Path(workdir), Path(output)
+  if not (wd / "config.json").is_file() or not (wd / "checkpoints").is_dir():
+    raise UsageError(f"--workdir={workdir} is not a training workdir (needs config.json and checkpoints/)")
+  wd_real, out_real = wd if remote else wd.resolve(), out.resolve()
+  if not remote and out_real == wd_real:
+    raise UsageError(f"--output={output} is the workdir: exporting there would replace the training run")
+  if not remote and wd_real in out_real.parents:
+    raise UsageError(f"--output={output} is inside --workdir={workdir}; write the export outside the run")
+  if not remote and out_real in wd_real.parents:
+    raise UsageError(f"--output={output} contains --workdir={workdir}; replacing it would delete the run")
+  try:
+    model_name = json.loads((wd / "config.json").read_text())["model"]["name"]
+  except (ValueError, KeyError, TypeError):
+    model_name = None
+  if model_name and Path(model_name).expanduser().is_dir() and Path(model_name).expanduser().resolve() == out_real:
+    raise UsageError(f"--output={output} is the run's backbone directory (model.name); choose another")
+  steps = checkpoint_steps(wd)
+  if not steps:
+    raise UsageError(f"--workdir={workdir}: no checkpoint in {wd / 'checkpoints'}")
+  if step is not None and step not in steps:
+    raise UsageError(f"--step={step}: no such checkpoint in {wd / 'checkpoints'} "
+                     f"(available steps: {', '.join(map(str, steps))})")
+  from dial_jax.hf import export  # jax, flax: only once the cheap checks passed
+  try:
+    export.check_output_dir(output, overwrite)
+  except FileExistsError as e:
     raise UsageError(str(e)) from None

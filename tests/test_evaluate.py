@@ -177,12 +177,14 @@ def test_evaluate_cli_end_to_end(model_dir, tmp_path):
 
 
 def test_evaluate_limit_help_matches_what_it_keeps(tmp_path):
-  from dial_jax import evaluate  # noqa: F401  (defines the flags)
-  from absl import flags
+  # The CLI's own --help (importing it here would register its flags beside other CLIs' in this process).
+  helpful = subprocess.run([sys.executable, "-m", "dial_jax.evaluate", "--helpfull"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1]).stdout
   rows = _real_pairs(8)
   (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   tok = make_tokenizer()
-  help_text = flags.FLAGS["limit"].help
+  help_text = " ".join(helpful[helpful.index("--limit"):].split("--", 2)[1].split())
+  assert "seeded random subset" in help_text
   domain = pipeline.load_domain(tmp_path / "pairs.jsonl", tok, MAX_LENGTH, limit=3)
   first = tokenize.encode(tok, [tokenize.join(r["prompt"], r["response_chosen"]) for r in rows[:3]], MAX_LENGTH)
   assert ("first N" in help_text) == (domain.chosen == first)

@@ -168,16 +168,16 @@ def test_evaluate_score_and_export_read_a_gs_workdir(full_run, dirs, tmp_path):
 def test_argument_checks_on_bucket_paths(full_run, tmp_path):
   """The CLIs' checks before loading: a gs:// workdir is accepted, its steps listed from the bucket; a bucket path
   that is not a workdir, or a gs:// export --output, is refused in one line."""
-  from dial_jax import cli_checks, export
+  from dial_jax import cli_checks
   workdir = full_run[0]
   cli_checks.check_model(workdir)
   with pytest.raises(cli_checks.UsageError, match="gs://bucket/nothing: not a training workdir"):
     cli_checks.check_model("gs://bucket/nothing")
-  export.check_args(workdir, str(tmp_path / "hf"), N, False)
+  cli_checks.check_export_args(workdir, str(tmp_path / "hf"), N, False)
   with pytest.raises(cli_checks.UsageError, match=f"no such checkpoint in {workdir}/checkpoints .*: {N}, {2 * N},"):
-    export.check_args(workdir, str(tmp_path / "hf"), 1, False)
+    cli_checks.check_export_args(workdir, str(tmp_path / "hf"), 1, False)
   with pytest.raises(cli_checks.UsageError, match="export writes a local directory"):
-    export.check_args(workdir, "gs://bucket/exported", None, False)
+    cli_checks.check_export_args(workdir, "gs://bucket/exported", None, False)
 
 
 def test_a_missing_bucket_is_one_line(gcs_emulator, dirs, tmp_path):
