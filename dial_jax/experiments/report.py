@@ -17,6 +17,7 @@ from absl import logging
 
 from dial_jax.data import io as dio
 from dial_jax.data import pipeline
+from dial_jax.experiments import rows as row_format
 from dial_jax.experiments import runner, selection
 
 # The paper's target metric (Wu & Choudhury, 2025), source-only -> DIAL, for reference only.
@@ -109,14 +110,12 @@ def stats(values) -> tuple[float, float, int]:
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
 
 
-def _history(row: dict, key: str, which: int = -1) -> float | None:
-  values = [h[key] for h in row.get("history", []) if h.get(key) is not None]
-  return float(values[which]) if values else None
+_history = row_format.history_value
 
 
 def _scores_ok(row: dict, truth) -> bool:
   """Whether the row's per-example test scores reproduce its recorded test metric (same examples, same order)."""
-  scores = row.get("test_scores")
+  scores = row_format.scores_of(row)
   if not scores:
     return False
   if "accuracy" in row["eval"]["target_test"]:
@@ -137,7 +136,8 @@ def delta_interval(source_only: list[dict], dial: list[dict], truth, *, num_samp
     return None
   pairs = "accuracy" in a[seeds[0]]["eval"]["target_test"]
   metric = selection.accuracy_of_margins if pairs else selection.pearson_with
-  mean, lo, hi = selection.paired_bootstrap([a[s]["test_scores"] for s in seeds], [b[s]["test_scores"] for s in seeds],
+  mean, lo, hi = selection.paired_bootstrap([row_format.scores_of(a[s]) for s in seeds],
+                                            [row_format.scores_of(b[s]) for s in seeds],
                                             metric, None if pairs else truth, num_samples=num_samples, seed=seed)
   return {"delta": mean, "lo": lo, "hi": hi, "seeds": seeds}
 
@@ -379,7 +379,8 @@ def balance_figure(summary: dict, path: Path) -> bool:
   """Per setting (columns): the gradient norms of the Bradley-Terry term and of the λ·domain term over steps for
   DIAL at the label-free λ (else target_val's) vs source-only (log y); the critic slope ‖∇f‖; the W estimate.
   Curves are means over the runs' seeds. False when no run has history."""
-  settings = [k for k, s in summary.items() if s["source_only"] or s["dial"]]
+  settings = [k for k, s in summary.items() if (s["source_only"] or s["dial"])
+              and any(r.get("history") for r in s["rows"])]
   if not settings:
     return False
   plt = _plt()
@@ -652,7 +653,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
               "(target_val's where no λ qualifies) and source-only. Middle: the critic's slope ‖∇f‖ (the gradient "
               "penalty pulls it to 1). Bottom: the critic's W estimate on the training batches, every λ.", ""]
   else:
-    lines += ["No training history yet.", ""]
+    lines += [f"Not drawn: no run's step history here (the runner keeps each run's history under "
+              f"`{exp.artifacts_dir}/history/`, gitignored; the rows keep only its first and last values).", ""]
 
   if figures.get("embeddings"):
     emb = figures["embeddings_info"]
@@ -697,7 +699,7 @@ def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
 def write_report(exp: ml_collections.ConfigDict, path: str, *, num_samples: int = BOOTSTRAP_SAMPLES) -> str:
   """Write the report of the rows made under ``exp``'s grid (other rows in the file are ignored) and its figures
   (``figures/`` beside ``path``); returns the markdown."""
-  rows = grid_rows(exp, runner.read_results(exp.results))
+  rows = [row_format.with_history(r, exp.artifacts_dir) for r in grid_rows(exp, runner.read_results(exp.results))]
   path = Path(path)
   fig_dir = path.parent / "figures"
   fig_dir.mkdir(parents=True, exist_ok=True)

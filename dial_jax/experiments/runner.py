@@ -24,6 +24,7 @@ from dial_jax import config as config_lib
 from dial_jax import metrics, parallel
 from dial_jax.data import pipeline
 from dial_jax.experiments import baselines, prefix_cache
+from dial_jax.experiments import rows as row_format
 from dial_jax.hf import load
 from dial_jax.inference import Scorer
 from dial_jax.train import loop, writers
@@ -342,7 +343,7 @@ def run_grid(exp: ml_collections.ConfigDict, *, only_settings=None, max_runs: in
              "time": time.time()}
       row.pop("lambda_")
       row["lambda"] = config.dial.lambda_  # effective (a variant may override it)
-      append_result(results, row)
+      append_result(results, row_format.compact(row, exp.artifacts_dir))
       ran += 1
       logging.info("done %s: val %s test %s (%.0f s)", spec.run_id, target_metric(row),
                    target_metric(row, "target_test"), out["seconds"])

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dial_jax.experiments import rows as row_format
+
 
 def metric_of(values: dict) -> float | None:
   """A split's headline metric: accuracy (pairs) or Pearson (scored texts)."""
@@ -31,8 +33,8 @@ def _mean(values) -> float:
 
 def w_falls(row: dict) -> bool:
   """Whether the critic's W estimate of the run's last logged window is below that of its first."""
-  ws = [h["wasserstein"] for h in row.get("history", []) if h.get("wasserstein") is not None]
-  return len(ws) >= 2 and ws[-1] < ws[0]
+  first, last = row_format.history_value(row, "wasserstein", 0), row_format.history_value(row, "wasserstein")
+  return first is not None and last < first
 
 
 def source_check(source_only: Sequence[dict]) -> tuple[str, float, float]:
