@@ -111,10 +111,39 @@ def paper_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def study_regime(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The CPU regime of the quality study (``configs/experiments.py``, ``experiments/REPORT.md``): Gemma-3-270M with
+  its top layer, final norm and head trained in full, the authors' constant 5e-5 with a faster head, 256 tokens and
+  the scale-aware critic (its W is in units of the embedding RMS, so lambda is O(1-100), not the paper's 0.01)."""
+  c.data.max_length = 256
+  c.train.trainable = "top_k"
+  c.train.top_k_layers = 1
+  c.train.batch_size = 8
+  c.train.num_steps = 200
+  c.train.learning_rate = 5e-5
+  c.train.head_learning_rate = 1e-3  # the head starts at N(0, 0.02): at 5e-5 it would barely move in 200 steps
+  c.train.lr_schedule = "constant"
+  c.train.warmup_steps = 10
+  c.dial.critic_input_scale = "rms"
+  return c
+
+
+# The CPU presets' lambda per setting: the study's label-free choice (``dial_jax/experiments/selection.py``: the
+# largest candidate whose source-check accuracy stays within one SE of source-only's while W falls), read from
+# experiments/REPORT.md. And what each setting's texts need kept when they are too long.
+STUDY_LAMBDA = {"few_shot": 10.0, "cross_lingual": 10.0, "clean_to_noisy": 10.0, "simple_to_complex": 10.0}
+STUDY_TRUNCATION = {"simple_to_complex": "start"}  # essays: their opening carries the content (as the authors)
+
+
 def for_setting(setting: str, arg: str | None) -> ml_collections.ConfigDict:
-  """The config of one paper setting (a subfolder of ``data.dir``) with the preset named by ``arg``."""
+  """The config of one paper setting (a subfolder of ``data.dir``) with the preset named by ``arg``: '' (the CPU
+  preset: the study's regime and lambda) or 'paper' (the authors' scale and hyperparameters)."""
   c = get_base_config()
   c.data.setting = setting
+  if arg in (None, "", "default", "cpu"):
+    c = study_regime(c)
+    c.dial.lambda_ = STUDY_LAMBDA[setting]
+    c.data.truncation = STUDY_TRUNCATION.get(setting, c.data.truncation)
   return finish(c, arg)
 
 

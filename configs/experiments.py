@@ -43,22 +43,15 @@ def get_config(arg=None):
   c.embedding_setting = "few_shot"               # the 2-D embedding figure and W-over-training curve
 
   # The train config every run starts from (see configs/base.py); the runner sets mode, lambda, seed.
-  t = base.get_base_config()
+  # The regime is ``base.study_regime``, which the CPU presets of configs/<setting>.py share.
+  t = base.study_regime(base.get_base_config())
   t.data.max_length = c.max_length
   t.data.min_bucket = 64
   t.data.eval_batch_size = 32
   t.data.packing = "none"           # the top model reads cache rows: padded batches
-  t.train.trainable = "top_k"
   t.train.top_k_layers = c.top_layers
-  t.train.batch_size = 8
-  t.train.num_steps = 200
   t.train.log_every = 10
-  t.train.learning_rate = 5e-5      # the authors' rate, constant
-  t.train.head_learning_rate = 1e-3  # the head starts at N(0, 0.02): at 5e-5 it would barely move in 200 steps
-  t.train.lr_schedule = "constant"
-  t.train.warmup_steps = 10
   t.train.checkpoint_every = 0
-  t.dial.critic_input_scale = "rms"
   c.train_config = t
 
   if arg == "quick":  # CI: one setting, one seed, a few steps, tiny splits

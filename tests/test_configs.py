@@ -24,6 +24,33 @@ def test_config_files_and_presets(setting):
   assert (paper.dial.lambda_, paper.dial.gamma, paper.dial.critic_iter) == (0.01, 1.0, 3)
   with pytest.raises(ValueError):
     module.get_config("nonsense")
+  # The CPU preset is the quality study's regime at the lambda its label-free rule chose for the setting.
+  from configs import base
+  assert (default.train.trainable, default.train.top_k_layers, default.dial.critic_input_scale) == ("top_k", 1, "rms")
+  assert default.dial.lambda_ == base.STUDY_LAMBDA[setting] and paper.dial.critic_input_scale == "none"
+  assert default.data.truncation == ("start" if setting == "simple_to_complex" else "end")
+
+
+def test_preset_lambdas_are_the_label_free_choices_of_the_committed_grid():
+  """``base.STUDY_LAMBDA`` is what the report's label-free rule picks from experiments/results.jsonl, for every
+  setting whose grid has all its source-only and DIAL runs."""
+  from pathlib import Path
+  from configs import base, experiments
+  from dial_jax.experiments import report, runner, selection
+  exp = experiments.get_config()
+  rows = report.grid_rows(exp, runner.read_results(Path(__file__).resolve().parents[1] / "experiments/results.jsonl"))
+  checked = []
+  for setting in exp.settings:
+    mine = [r for r in rows if r["setting"] == setting and not r["variant"] and r["seed"] in exp.seeds]
+    so = [r for r in mine if r["mode"] == "source_only"]
+    dial = {lam: [r for r in mine if r["mode"] == "dial" and r["lambda"] == lam] for lam in exp.lambdas}
+    if len(so) < len(exp.seeds) or any(len(v) < len(exp.seeds) for v in dial.values()):
+      continue  # that setting's grid is not finished
+    choice = selection.label_free_lambda(so, dial)
+    want = choice if choice is not None else min(exp.lambdas)
+    assert base.STUDY_LAMBDA[setting] == want, setting
+    checked.append(setting)
+  assert "few_shot" in checked
 
 
 @pytest.fixture(scope="module")
