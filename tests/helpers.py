@@ -20,6 +20,12 @@ def prepare_data(out_dir: Path, settings=("few_shot",)) -> Path:
   return out_dir
 
 
+def tiny_model_and_data(tmp_path_factory, name: str, settings=("few_shot",)) -> tuple[Path, Path]:
+  """(model dir, data dir): the tiny model and the prepared real data in a new temporary folder ``name``."""
+  root = tmp_path_factory.mktemp(name)
+  return make_tiny_model_dir(root / "model"), prepare_data(root / "data", settings=settings)
+
+
 def flatten(tree, prefix=()):
   """(path, leaf) pairs of a nested dict/list/tuple tree, paths as tuples of keys and indices."""
   if isinstance(tree, dict):

@@ -20,8 +20,7 @@ STEPS = 30   # long enough that the signal, sent once checkpoint N exists, lands
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("ckpt")
-  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data")
+  return helpers.tiny_model_and_data(tmp_path_factory, "ckpt")
 
 
 def command(dirs, workdir):

@@ -25,8 +25,7 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("safety")
-  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data")
+  return helpers.tiny_model_and_data(tmp_path_factory, "safety")
 
 
 def command(dirs, workdir, *extra):
