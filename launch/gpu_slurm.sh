@@ -6,6 +6,7 @@ set -euo pipefail
 
 PROG=launch/gpu_slurm.sh
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=common.sh
 source "$REPO_ROOT/launch/common.sh"  # SETTINGS, die, q, qcmd, split_words, abspath, check_setting
 
 usage() {
