@@ -165,6 +165,26 @@ def test_more_steps_resume_the_same_run(dirs, finished, tmp_path):
   assert results["trained_steps"] == 1 and results["num_steps"] == STEPS + 1
 
 
+def evaluate(workdir, data_dir):
+  return run([sys.executable, "-m", "dial_jax.evaluate", f"--model={workdir}",
+              f"--data={Path(data_dir) / 'few_shot' / 'target_test.jsonl'}", "--max_length=64", "--limit=4"])
+
+
+def test_a_relative_model_name_is_stored_absolute(dirs, tmp_path):
+  """A local model directory named relative to the working directory is saved absolute in config.json, so that the
+  workdir's readers find it from any directory (evaluate runs from the repository root here)."""
+  model_dir = Path(dirs[0])
+  workdir = tmp_path / "w"
+  cmd = [a.replace("--config=configs/", f"--config={REPO / 'configs'}/")
+         for a in command(dirs, workdir, f"--config.model.name={model_dir.name}", "--config.train.num_steps=1")]
+  proc = subprocess.run(cmd, cwd=model_dir.parent, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                        text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == str(model_dir.absolute())
+  proc = evaluate(workdir, dirs[1])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_a_second_launch_into_a_busy_workdir_names_the_holder(dirs, tmp_path):
   workdir = tmp_path / "w"
   workdir.mkdir()
