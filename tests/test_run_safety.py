@@ -185,6 +185,34 @@ def test_a_relative_model_name_is_stored_absolute(dirs, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_an_older_config_json_takes_the_defaults_of_newer_keys(dirs, finished, tmp_path, caplog):
+  """config.json of a run saved before model.attention and model.scan_layers existed: readers (score, evaluate,
+  export) fill them with the base config's defaults and warn, naming them; an unknown key is still an error."""
+  from configs import base
+  from dial_jax import config as config_lib
+  from dial_jax import workdir as workdir_lib
+  workdir = tmp_path / "w"
+  shutil.copytree(finished[0], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["model"]["attention"], saved["model"]["scan_layers"]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  with caplog.at_level("WARNING"):
+    config = workdir_lib.load_config(workdir)
+  warned = [r.getMessage() for r in caplog.records if "has no model.attention, model.scan_layers" in r.getMessage()]
+  assert len(warned) == 1 and "model.attention='xla', model.scan_layers=False" in warned[0]
+  default = base.get_base_config()
+  assert (config.model.attention, config.model.scan_layers) == (default.model.attention, default.model.scan_layers)
+  assert config_lib.flatten(config) == {**config_lib.flatten(saved), "model.attention": "xla",
+                                        "model.scan_layers": False}
+  proc = evaluate(workdir, dirs[1])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "has no model.attention, model.scan_layers" in proc.stderr
+  saved["model"]["attension"] = "xla"
+  (workdir / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(config_lib.ConfigError, match=r"config.json: unknown config key 'model.attension'"):
+    workdir_lib.load_config(workdir)
+
+
 def test_a_second_launch_into_a_busy_workdir_names_the_holder(dirs, tmp_path):
   workdir = tmp_path / "w"
   workdir.mkdir()
