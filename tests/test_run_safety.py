@@ -233,6 +233,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_an_older_one(dirs, finished, tm
   proc = run(command(dirs, workdir))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"checkpoint {latest} is unreadable" in proc.stderr
+  assert f"every resume warns again until it is removed: rm -r {latest})" in proc.stderr
   assert "resuming from step 2, the newest readable checkpoint" in proc.stderr
   results = json.loads((workdir / "results.json").read_text())
   assert results["trained_steps"] == 1
