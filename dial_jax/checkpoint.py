@@ -1,6 +1,9 @@
 """Orbax checkpoints of the train state (everything but the frozen base weights, which reload from the model)."""
 from __future__ import annotations
 
+import os
+import shlex
+
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -48,8 +51,10 @@ class Checkpointer:
       except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
         if step is not None:
           raise
-        logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one", self.directory / str(s),
-                        type(e).__name__, str(e).splitlines()[0][:200])
+        bad = self.directory / str(s)
+        logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one (it is left in place, so every "
+                        "resume warns again until it is removed: %s)", bad, type(e).__name__,
+                        str(e).splitlines()[0][:200], _remove_command(bad))
         continue
       if not _all_finite(restored.trainable):
         logging.warning("checkpoint %s holds non-finite parameters; trying an older one", self.directory / str(s))
@@ -63,6 +68,13 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _remove_command(path) -> str:
+  """The shell command that deletes the checkpoint directory ``path`` (local or ``gs://``)."""
+  if paths.is_uri(path):
+    return f"gcloud storage rm -r {shlex.quote(os.fspath(path))}"
+  return f"rm -r {shlex.quote(os.fspath(path))}"
 
 
 @jax.jit

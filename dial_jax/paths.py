@@ -9,12 +9,19 @@ Local paths behave as with :mod:`pathlib`. A bucket path goes through fsspec (gc
 * an upload can be made conditional on the object not existing yet (``ifGenerationMatch=0``): create-if-absent;
 * there is no append, and no atomic rename of a "directory" or of several objects at once (orbax therefore marks a
   finished checkpoint on a bucket with a ``commit_success.txt`` object instead of renaming a temporary directory).
+
+:func:`new_sibling_dir` and :func:`replace_dir` put a finished local directory in place in one step (prepared data,
+exported models).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
+import shutil
+import uuid
+from pathlib import Path
 
 import fsspec
 from etils import epath
@@ -93,3 +100,54 @@ def finished_steps(checkpoints_dir) -> list[int]:
   remote = is_uri(root)
   return sorted(int(p.name) for p in root.iterdir()
                 if p.name.isdigit() and p.is_dir() and (not remote or (p / COMMIT_FILE).exists()))
+
+
+def new_sibling_dir(path: Path, what: str) -> Path:
+  """A new hidden directory beside local ``path`` (same filesystem, so the final rename is atomic; default mode)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  for _ in range(100):
+    sib = path.parent / f".{path.name}.{what}-{uuid.uuid4().hex[:8]}"
+    try:
+      sib.mkdir()
+      return sib
+    except FileExistsError:
+      continue
+  raise FileExistsError(f"could not create a temporary directory beside {path}")
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+  """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.renameat2
+  except (OSError, AttributeError, TypeError):
+    return False
+  fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+  at_fdcwd = -100
+  return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+  """Puts local directory ``new`` (made with :func:`new_sibling_dir`) at ``dest``; an existing ``dest`` is replaced
+  in one step and then deleted. Where the exchange is unsupported, ``dest`` is moved aside first and put back if
+  ``new`` cannot take its place."""
+  if not dest.exists():
+    os.rename(new, dest)
+    return
+  if _exchange(new, dest):
+    shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old directory
+    return
+  old = new_sibling_dir(dest, "old")
+  try:
+    os.rename(dest, old / "dir")
+    try:
+      os.rename(new, dest)
+    except BaseException:
+      os.rename(old / "dir", dest)
+      raise
+  finally:
+    if dest.exists():  # else the previous directory is still in ``old``: never delete it
+      shutil.rmtree(old, ignore_errors=True)

@@ -6,13 +6,17 @@ saved config, never the command line's. A workdir may be local or in a bucket (`
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
+from dial_jax import config as config_lib
 from dial_jax import paths
 from dial_jax.hf import load
 from dial_jax.inference import Scorer
@@ -25,7 +29,36 @@ def is_workdir(path) -> bool:
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads((paths.path(workdir) / "config.json").read_text()))
+  """The run's saved config (``config.json``). Keys that an older version did not have yet (e.g.
+  ``model.attention``) take the base config's defaults, with a warning naming them; an unknown key is a
+  :class:`dial_jax.config.ConfigError`."""
+  path = paths.path(workdir) / "config.json"
+  saved = json.loads(path.read_text())
+  flat = config_lib.flatten(saved)
+  unknown = sorted(k for k in flat if k not in config_lib.RULES)
+  if unknown:
+    raise config_lib.ConfigError(f"{path}: " + "; ".join(config_lib.unknown_key_message(k) for k in unknown))
+  missing = [k for k in config_lib.RULES if k not in flat]
+  if missing:
+    defaults = _base_defaults()
+    logging.warning("%s has no %s (saved by an older version of dial_jax); using the base config's defaults: %s",
+                    path, ", ".join(missing), ", ".join(f"{k}={defaults[k]!r}" for k in missing))
+    for key in missing:
+      section, name = key.split(".")
+      saved.setdefault(section, {})[name] = defaults[key]
+  return ml_collections.ConfigDict(saved)
+
+
+def _base_defaults() -> dict:
+  """The flat defaults of ``configs/base.py`` beside the package, as config.json stores them (JSON types).
+  Loaded from its file, so that it is this checkout's base config whatever the working directory."""
+  base_py = Path(__file__).resolve().parents[1] / "configs" / "base.py"
+  if not base_py.is_file():
+    raise config_lib.ConfigError(f"{base_py} is missing: it holds the defaults of keys an older config.json lacks")
+  spec = importlib.util.spec_from_file_location("dial_jax_base_config", base_py)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return config_lib.flatten(json.loads(module.get_base_config().to_json_best_effort()))
 
 
 def checkpoint_steps(workdir) -> list[int]:

@@ -6,7 +6,8 @@ set -euo pipefail
 
 PROG=launch/gpu_single_node.sh
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$REPO_ROOT/launch/common.sh"  # SETTINGS, die, q, qcmd, split_words, abspath, check_setting
+# shellcheck source=common.sh
+source "$REPO_ROOT/launch/common.sh"  # die, q, qcmd, abspath, check_setting, parse_args, collect_overrides, ...
 
 usage() {
   cat <<'EOF'
@@ -46,49 +47,29 @@ SETTING=${DIAL_SETTING:-}
 WORKDIR=${DIAL_WORKDIR:-}
 DATA_DIR="" SCALE=paper NUM_GPUS="" MEM_FRACTION=0.90 XLA_FLAGS_ARG="" XLA_FLAGS_SET=0 PYTHON=""
 PREPARE=0 RAW_DIR="" LOG_FILE="" DRY_RUN=0
-OVERRIDES=() DASH_OVERRIDES=() OVERRIDE_STRS=()
-[[ -n ${DIAL_CONFIG_OVERRIDES:-} ]] && OVERRIDE_STRS+=("$DIAL_CONFIG_OVERRIDES")
 
-while (($#)); do
-  arg=$1; shift
-  case $arg in
-    --) DASH_OVERRIDES=("$@"); break ;;
-    -h|--help) usage; exit 0 ;;
-    --dry_run) DRY_RUN=1 ;;
-    --prepare) PREPARE=1 ;;
-    --*)
-      if [[ $arg == *=* ]]; then key=${arg%%=*}; val=${arg#*=}
-      else key=$arg; (($#)) || die "$arg needs a value"; val=$1; shift; fi
-      case $key in
-        --setting) SETTING=$val ;;
-        --workdir) WORKDIR=$val ;;
-        --scale) SCALE=$val ;;
-        --data_dir) DATA_DIR=$val ;;
-        --config_overrides) OVERRIDE_STRS+=("$val") ;;
-        --num_gpus) NUM_GPUS=$val ;;
-        --mem_fraction) MEM_FRACTION=$val ;;
-        --xla_flags) XLA_FLAGS_ARG=$val; XLA_FLAGS_SET=1 ;;
-        --python) PYTHON=$val ;;
-        --raw_dir) RAW_DIR=$val ;;
-        --log_file) LOG_FILE=$val ;;
-        *) die "unknown flag $key" ;;
-      esac ;;
-    *) die "unexpected argument '$arg' (config overrides go in --config_overrides=... or after --)" ;;
+set_flag() { case $1 in --prepare) PREPARE=1 ;; *) return 1 ;; esac; }
+set_opt() {
+  case $1 in
+    --num_gpus) NUM_GPUS=$2 ;;
+    --mem_fraction) MEM_FRACTION=$2 ;;
+    --xla_flags) XLA_FLAGS_ARG=$2; XLA_FLAGS_SET=1 ;;
+    --python) PYTHON=$2 ;;
+    --raw_dir) RAW_DIR=$2 ;;
+    --log_file) LOG_FILE=$2 ;;
+    *) return 1 ;;
   esac
-done
+}
+parse_args "$@"
 
 check_setting
 [[ -n $WORKDIR ]] || die "--workdir is required"
-case $SCALE in paper) CONFIG=configs/$SETTING.py:paper ;; default) CONFIG=configs/$SETTING.py ;;
-  *) die "--scale must be paper or default (got '$SCALE')" ;; esac
+config_for_scale
 [[ -z $NUM_GPUS || $NUM_GPUS =~ ^[1-9][0-9]*$ ]] || die "--num_gpus must be a positive integer (got '$NUM_GPUS')"
 [[ $MEM_FRACTION =~ ^(0?\.[0-9]*[1-9][0-9]*|1(\.0*)?)$ ]] || die "--mem_fraction must be in (0, 1] (got '$MEM_FRACTION')"
 ((PREPARE)) && [[ -z $DATA_DIR ]] && die "--prepare needs --data_dir"
 [[ -n $RAW_DIR ]] && ((!PREPARE)) && die "--raw_dir is only used with --prepare"
-for s in ${OVERRIDE_STRS[@]+"${OVERRIDE_STRS[@]}"}; do
-  split_words "$s" --config_overrides; OVERRIDES+=(${WORDS[@]+"${WORDS[@]}"})
-done
-OVERRIDES+=(${DASH_OVERRIDES[@]+"${DASH_OVERRIDES[@]}"})
+collect_overrides
 WORKDIR=$(abspath "$WORKDIR"); DATA_DIR=$(abspath "$DATA_DIR"); RAW_DIR=$(abspath "$RAW_DIR")
 LOG_FILE=$(abspath "$LOG_FILE")
 if [[ -z $PYTHON ]]; then

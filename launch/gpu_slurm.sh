@@ -6,7 +6,8 @@ set -euo pipefail
 
 PROG=launch/gpu_slurm.sh
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$REPO_ROOT/launch/common.sh"  # SETTINGS, die, q, qcmd, split_words, abspath, check_setting
+# shellcheck source=common.sh
+source "$REPO_ROOT/launch/common.sh"  # die, q, qcmd, split_words, abspath, check_setting, parse_args, ...
 
 usage() {
   cat <<'EOF'
@@ -58,46 +59,35 @@ ACCOUNT=${SLURM_ACCOUNT:-}
 SCALE=paper PYTHON="" MEM_FRACTION=0.90 PORT="" PREPARE=0 RAW_DIR="" REQUEUE_ON_TIMEOUT=0
 NODES=2 GPUS_PER_NODE=8 QOS="" TIME=24:00:00 CPUS_PER_TASK="" JOB_NAME="" LOG_DIR="$REPO_ROOT/slurm_logs"
 EXCLUSIVE=1 SBATCH_ARGS_STR="" DRY_RUN=0
-OVERRIDES=() DASH_OVERRIDES=() OVERRIDE_STRS=()
-[[ -n ${DIAL_CONFIG_OVERRIDES:-} ]] && OVERRIDE_STRS+=("$DIAL_CONFIG_OVERRIDES")
 
-while (($#)); do
-  arg=$1; shift
-  case $arg in
-    --) DASH_OVERRIDES=("$@"); break ;;
-    -h|--help) usage; exit 0 ;;
-    --dry_run) DRY_RUN=1 ;;
+set_flag() {
+  case $1 in
     --prepare) PREPARE=1 ;;
     --requeue_on_timeout) REQUEUE_ON_TIMEOUT=1 ;;
     --no_exclusive) EXCLUSIVE=0 ;;
-    --*)
-      if [[ $arg == *=* ]]; then key=${arg%%=*}; val=${arg#*=}
-      else key=$arg; (($#)) || die "$arg needs a value"; val=$1; shift; fi
-      case $key in
-        --setting) SETTING=$val ;;
-        --workdir) WORKDIR=$val ;;
-        --scale) SCALE=$val ;;
-        --data_dir) DATA_DIR=$val ;;
-        --config_overrides) OVERRIDE_STRS+=("$val") ;;
-        --python) PYTHON=$val ;;
-        --mem_fraction) MEM_FRACTION=$val ;;
-        --port) PORT=$val ;;
-        --raw_dir) RAW_DIR=$val ;;
-        --nodes) NODES=$val ;;
-        --gpus_per_node) GPUS_PER_NODE=$val ;;
-        --partition) PARTITION=$val ;;
-        --account) ACCOUNT=$val ;;
-        --qos) QOS=$val ;;
-        --time) TIME=$val ;;
-        --cpus_per_task) CPUS_PER_TASK=$val ;;
-        --job_name) JOB_NAME=$val ;;
-        --log_dir) LOG_DIR=$val ;;
-        --sbatch_args) SBATCH_ARGS_STR=$val ;;
-        *) die "unknown flag $key" ;;
-      esac ;;
-    *) die "unexpected argument '$arg' (config overrides go in --config_overrides=... or after --)" ;;
+    *) return 1 ;;
   esac
-done
+}
+set_opt() {
+  case $1 in
+    --python) PYTHON=$2 ;;
+    --mem_fraction) MEM_FRACTION=$2 ;;
+    --port) PORT=$2 ;;
+    --raw_dir) RAW_DIR=$2 ;;
+    --nodes) NODES=$2 ;;
+    --gpus_per_node) GPUS_PER_NODE=$2 ;;
+    --partition) PARTITION=$2 ;;
+    --account) ACCOUNT=$2 ;;
+    --qos) QOS=$2 ;;
+    --time) TIME=$2 ;;
+    --cpus_per_task) CPUS_PER_TASK=$2 ;;
+    --job_name) JOB_NAME=$2 ;;
+    --log_dir) LOG_DIR=$2 ;;
+    --sbatch_args) SBATCH_ARGS_STR=$2 ;;
+    *) return 1 ;;
+  esac
+}
+parse_args "$@"
 
 check_setting
 [[ -n $WORKDIR ]] || die "--workdir is required (shared by all nodes, or gs://)"
@@ -112,10 +102,7 @@ check_setting
 [[ -n $RAW_DIR ]] && ((!PREPARE)) && die "--raw_dir is only used with --prepare"
 JOB_NAME=${JOB_NAME:-dial-$SETTING}
 [[ $JOB_NAME =~ ^[A-Za-z0-9._-]+$ ]] || die "--job_name may only contain letters, digits, '.', '_' and '-'"
-for s in ${OVERRIDE_STRS[@]+"${OVERRIDE_STRS[@]}"}; do
-  split_words "$s" --config_overrides; OVERRIDES+=(${WORDS[@]+"${WORDS[@]}"})
-done
-OVERRIDES+=(${DASH_OVERRIDES[@]+"${DASH_OVERRIDES[@]}"})
+collect_overrides
 split_words "$SBATCH_ARGS_STR" --sbatch_args; SBATCH_EXTRA=(${WORDS[@]+"${WORDS[@]}"})
 WORKDIR=$(abspath "$WORKDIR"); DATA_DIR=$(abspath "$DATA_DIR"); RAW_DIR=$(abspath "$RAW_DIR")
 LOG_DIR=$(abspath "$LOG_DIR"); [[ -n $PYTHON && $PYTHON == */* ]] && PYTHON=$(abspath "$PYTHON")

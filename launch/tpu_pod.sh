@@ -6,7 +6,8 @@ set -euo pipefail
 
 PROG=launch/tpu_pod.sh
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$REPO_ROOT/launch/common.sh"  # SETTINGS, die, q, qcmd, split_words, abspath, check_setting
+# shellcheck source=common.sh
+source "$REPO_ROOT/launch/common.sh"  # die, q, qcmd, check_setting, parse_args, collect_overrides, ...
 
 usage() {
   cat <<'EOF'
@@ -96,18 +97,12 @@ WORKDIR=${DIAL_WORKDIR:-}
 DATA_DIR=${DIAL_DATA_DIR:-"~/dial_data"}
 REPO=${DIAL_REPO:-}
 REF=${DIAL_REF:-}
-OVERRIDES=() DASH_OVERRIDES=() OVERRIDE_STRS=()
-[[ -n ${DIAL_CONFIG_OVERRIDES:-} ]] && OVERRIDE_STRS+=("$DIAL_CONFIG_OVERRIDES")
 PREEMPTIBLE=0 SPOT=0 SKIP_CREATE=0 INTERNAL_IP=0 DELETE_AFTER=0 POLL_S=300
 SCALE=paper RUN_NAME="" HF_TOKEN_FILE="" SKIP_INSTALL=0 PY_VERSION=3.11
 DATA_FROM="" RAW_FROM="" SKIP_DATA=0 ACTION=up WORKER=0 DRY_RUN=0
 
-while (($#)); do
-  arg=$1; shift
-  case $arg in
-    --) DASH_OVERRIDES=("$@"); break ;;
-    -h|--help) usage; exit 0 ;;
-    --dry_run) DRY_RUN=1 ;;
+set_flag() {
+  case $1 in
     --preemptible) PREEMPTIBLE=1 ;;
     --spot) SPOT=1 ;;
     --skip_create) SKIP_CREATE=1 ;;
@@ -115,35 +110,30 @@ while (($#)); do
     --delete_after) DELETE_AFTER=1 ;;
     --skip_install) SKIP_INSTALL=1 ;;
     --skip_data) SKIP_DATA=1 ;;
-    --*)
-      if [[ $arg == *=* ]]; then key=${arg%%=*}; val=${arg#*=}
-      else key=$arg; (($#)) || die "$arg needs a value"; val=$1; shift; fi
-      case $key in
-        --name) NAME=$val ;;
-        --zone) ZONE=$val ;;
-        --project) PROJECT=$val ;;
-        --accelerator_type) ACCEL=$val ;;
-        --runtime_version) RUNTIME=$val ;;
-        --setting) SETTING=$val ;;
-        --workdir) WORKDIR=$val ;;
-        --scale) SCALE=$val ;;
-        --data_dir) DATA_DIR=$val ;;
-        --data_from) DATA_FROM=$val ;;
-        --raw_from) RAW_FROM=$val ;;
-        --config_overrides) OVERRIDE_STRS+=("$val") ;;
-        --repo) REPO=$val ;;
-        --ref) REF=$val ;;
-        --run_name) RUN_NAME=$val ;;
-        --hf_token_file) HF_TOKEN_FILE=$val ;;
-        --python_version) PY_VERSION=$val ;;
-        --poll_s) POLL_S=$val ;;
-        --action) ACTION=$val ;;
-        --worker) WORKER=$val ;;
-        *) die "unknown flag $key" ;;
-      esac ;;
-    *) die "unexpected argument '$arg' (config overrides go in --config_overrides=... or after --)" ;;
+    *) return 1 ;;
   esac
-done
+}
+set_opt() {
+  case $1 in
+    --name) NAME=$2 ;;
+    --zone) ZONE=$2 ;;
+    --project) PROJECT=$2 ;;
+    --accelerator_type) ACCEL=$2 ;;
+    --runtime_version) RUNTIME=$2 ;;
+    --data_from) DATA_FROM=$2 ;;
+    --raw_from) RAW_FROM=$2 ;;
+    --repo) REPO=$2 ;;
+    --ref) REF=$2 ;;
+    --run_name) RUN_NAME=$2 ;;
+    --hf_token_file) HF_TOKEN_FILE=$2 ;;
+    --python_version) PY_VERSION=$2 ;;
+    --poll_s) POLL_S=$2 ;;
+    --action) ACTION=$2 ;;
+    --worker) WORKER=$2 ;;
+    *) return 1 ;;
+  esac
+}
+parse_args "$@"
 
 # ---- validation -------------------------------------------------------------------------------
 [[ -n $NAME ]] || die "--name is required (or set TPU_NAME)"
@@ -186,8 +176,7 @@ esac
 check_setting
 [[ -n $WORKDIR ]] || die "--workdir is required (a gs://BUCKET/PATH shared by all workers)"
 [[ $WORKDIR == gs://?* ]] || die "--workdir must be a gs:// path (every worker writes there; local disks are lost on preemption), got '$WORKDIR'"
-case $SCALE in paper) CONFIG=configs/$SETTING.py:paper ;; default) CONFIG=configs/$SETTING.py ;;
-  *) die "--scale must be paper or default (got '$SCALE')" ;; esac
+config_for_scale
 ((PREEMPTIBLE && SPOT)) && die "--preemptible and --spot are exclusive"
 [[ -n $DATA_DIR ]] || die "--data_dir is empty"
 [[ $DATA_DIR == gs://* ]] && die "--data_dir is a path on the workers; to copy prepared data from a bucket use --data_from=$DATA_DIR"
@@ -198,10 +187,7 @@ case $SCALE in paper) CONFIG=configs/$SETTING.py:paper ;; default) CONFIG=config
 [[ $PY_VERSION =~ ^3\.[0-9]+$ ]] || die "--python_version must look like 3.11 (got '$PY_VERSION')"
 RUN_NAME=${RUN_NAME:-$SETTING-$(date -u +%Y%m%d-%H%M%S)}
 [[ $RUN_NAME =~ ^[A-Za-z0-9._-]+$ ]] || die "--run_name may only contain letters, digits, '.', '_' and '-'"
-for s in ${OVERRIDE_STRS[@]+"${OVERRIDE_STRS[@]}"}; do
-  split_words "$s" --config_overrides; OVERRIDES+=(${WORDS[@]+"${WORDS[@]}"})
-done
-OVERRIDES+=(${DASH_OVERRIDES[@]+"${DASH_OVERRIDES[@]}"})
+collect_overrides
 if [[ -z $RUNTIME ]]; then
   case $ACCEL in
     v5litepod-*|v5e-*) RUNTIME=v2-alpha-tpuv5-lite ;;

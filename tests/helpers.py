@@ -20,6 +20,24 @@ def prepare_data(out_dir: Path, settings=("few_shot",)) -> Path:
   return out_dir
 
 
+def tiny_model_and_data(tmp_path_factory, name: str, settings=("few_shot",)) -> tuple[Path, Path]:
+  """(model dir, data dir): the tiny model and the prepared real data in a new temporary folder ``name``."""
+  root = tmp_path_factory.mktemp(name)
+  return make_tiny_model_dir(root / "model"), prepare_data(root / "data", settings=settings)
+
+
+def flatten(tree, prefix=()):
+  """(path, leaf) pairs of a nested dict/list/tuple tree, paths as tuples of keys and indices."""
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from flatten(v, prefix + (k,))
+  elif isinstance(tree, (list, tuple)):
+    for i, v in enumerate(tree):
+      yield from flatten(v, prefix + (i,))
+  else:
+    yield prefix, tree
+
+
 def tiny_config(model_dir, data_dir, setting="few_shot", **overrides):
   """A config that trains the tiny model for a few steps on the real prepared data."""
   c = base.get_base_config()

@@ -20,8 +20,7 @@ STEPS = 30   # long enough that the signal, sent once checkpoint N exists, lands
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("ckpt")
-  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data")
+  return helpers.tiny_model_and_data(tmp_path_factory, "ckpt")
 
 
 def command(dirs, workdir):
@@ -63,23 +62,12 @@ def interrupt_after_checkpoint(dirs, workdir, sig):
 def assert_identical(a_dir, b_dir):
   a, b = final_state(a_dir), final_state(b_dir)
   for key in ("trainable", "critic", "opt_state", "rng"):
-    flat_a = {k: v for k, v in _flatten(a[key])}
-    flat_b = {k: v for k, v in _flatten(b[key])}
+    flat_a = {k: v for k, v in helpers.flatten(a[key])}
+    flat_b = {k: v for k, v in helpers.flatten(b[key])}
     assert flat_a.keys() == flat_b.keys()
     for k in flat_a:
       np.testing.assert_array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k]), err_msg=f"{key} {k}")
   assert train_metrics(a_dir) == train_metrics(b_dir)
-
-
-def _flatten(tree, prefix=()):
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      yield from _flatten(v, prefix + (k,))
-  elif isinstance(tree, (list, tuple)):
-    for i, v in enumerate(tree):
-      yield from _flatten(v, prefix + (i,))
-  else:
-    yield prefix, tree
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,7 @@ def test_preset_lambdas_are_the_label_free_choices_of_the_committed_grid():
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("configs")
-  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data", settings=SETTINGS[1:])
+  return helpers.tiny_model_and_data(tmp_path_factory, "configs", settings=SETTINGS[1:])
 
 
 @pytest.mark.parametrize("setting", SETTINGS[1:])  # few_shot runs end to end in test_checkpoint.py

@@ -239,12 +239,4 @@ def test_two_processes_save_to_and_resume_from_a_gs_workdir(gcs_emulator, dirs, 
   assert list(tmp_path.iterdir()) == []
 
 
-def _flatten(tree, prefix=()):
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      yield from _flatten(v, prefix + (k,))
-  elif isinstance(tree, (list, tuple)):
-    for i, v in enumerate(tree):
-      yield from _flatten(v, prefix + (i,))
-  else:
-    yield prefix, tree
+_flatten = helpers.flatten

@@ -76,9 +76,7 @@ def test_packed_mask_is_the_per_sequence_causal_window_mask():
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("packing")
-  return (helpers.make_tiny_model_dir(root / "model"),
-          helpers.prepare_data(root / "data", settings=("few_shot", "simple_to_complex")))
+  return helpers.tiny_model_and_data(tmp_path_factory, "packing", settings=("few_shot", "simple_to_complex"))
 
 
 # With the tests' small BPE vocabulary, HH texts run ~700 tokens (cut to max_length from the left, so a truncated pair

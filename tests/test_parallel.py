@@ -20,8 +20,7 @@ STEPS = 2
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("parallel")
-  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data")
+  return helpers.tiny_model_and_data(tmp_path_factory, "parallel")
 
 
 def run_worker(dirs, meshes, devices=8, extra_env=None):

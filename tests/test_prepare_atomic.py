@@ -147,3 +147,43 @@ def test_decode_errors_name_file_and_line(tmp_path):
   gz.write_bytes((RAW / S.HH).read_bytes()[:5000])  # truncated gzip stream
   with pytest.raises(ValueError, match=r"test\.jsonl\.gz: cannot read"):
     sources.convert_hh(gz)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "move_aside"])
+def test_replace_dir_puts_the_new_directory_in_place_and_leaves_no_temporary(tmp_path, monkeypatch, exchange):
+  """paths.replace_dir, with which prepare (and export) put their output in place: with the atomic exchange, and
+  without it (moved aside, then put back if the new directory cannot take its place)."""
+  from dial_jax import paths
+  if not exchange:
+    monkeypatch.setattr(paths, "_exchange", lambda a, b: False)
+  dest = tmp_path / "out"
+  dest.mkdir()
+  (dest / "old.txt").write_text("old")
+
+  def new_dir(text):
+    new = paths.new_sibling_dir(dest, "tmp")
+    (new / "new.txt").write_text(text)
+    return new
+
+  new = new_dir("a")
+  if not exchange:
+    real_rename = paths.os.rename
+
+    def failing_rename(a, b):
+      if a == new:
+        raise OSError("rename failed (simulated)")
+      real_rename(a, b)
+    monkeypatch.setattr(paths.os, "rename", failing_rename)
+    with pytest.raises(OSError, match="simulated"):
+      paths.replace_dir(new, dest)
+    assert [p.name for p in dest.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [new.name, "out"]
+    monkeypatch.setattr(paths.os, "rename", real_rename)
+  paths.replace_dir(new, dest)
+  assert [p.read_text() for p in dest.iterdir()] == ["a"]
+  paths.replace_dir(new_dir("b"), dest)
+  assert [p.read_text() for p in dest.iterdir()] == ["b"]
+  assert [p.name for p in tmp_path.iterdir()] == ["out"]
+  fresh = tmp_path / "fresh"
+  paths.replace_dir(paths.new_sibling_dir(fresh, "tmp"), fresh)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "out"]

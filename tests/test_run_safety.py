@@ -25,8 +25,7 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("safety")
-  return helpers.make_tiny_model_dir(root / "model"), helpers.prepare_data(root / "data")
+  return helpers.tiny_model_and_data(tmp_path_factory, "safety")
 
 
 def command(dirs, workdir, *extra):
@@ -166,6 +165,54 @@ def test_more_steps_resume_the_same_run(dirs, finished, tmp_path):
   assert results["trained_steps"] == 1 and results["num_steps"] == STEPS + 1
 
 
+def evaluate(workdir, data_dir):
+  return run([sys.executable, "-m", "dial_jax.evaluate", f"--model={workdir}",
+              f"--data={Path(data_dir) / 'few_shot' / 'target_test.jsonl'}", "--max_length=64", "--limit=4"])
+
+
+def test_a_relative_model_name_is_stored_absolute(dirs, tmp_path):
+  """A local model directory named relative to the working directory is saved absolute in config.json, so that the
+  workdir's readers find it from any directory (evaluate runs from the repository root here)."""
+  model_dir = Path(dirs[0])
+  workdir = tmp_path / "w"
+  cmd = [a.replace("--config=configs/", f"--config={REPO / 'configs'}/")
+         for a in command(dirs, workdir, f"--config.model.name={model_dir.name}", "--config.train.num_steps=1")]
+  proc = subprocess.run(cmd, cwd=model_dir.parent, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                        text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == str(model_dir.absolute())
+  proc = evaluate(workdir, dirs[1])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_an_older_config_json_takes_the_defaults_of_newer_keys(dirs, finished, tmp_path, caplog):
+  """config.json of a run saved before model.attention and model.scan_layers existed: readers (score, evaluate,
+  export) fill them with the base config's defaults and warn, naming them; an unknown key is still an error."""
+  from configs import base
+  from dial_jax import config as config_lib
+  from dial_jax import workdir as workdir_lib
+  workdir = tmp_path / "w"
+  shutil.copytree(finished[0], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["model"]["attention"], saved["model"]["scan_layers"]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  with caplog.at_level("WARNING"):
+    config = workdir_lib.load_config(workdir)
+  warned = [r.getMessage() for r in caplog.records if "has no model.attention, model.scan_layers" in r.getMessage()]
+  assert len(warned) == 1 and "model.attention='xla', model.scan_layers=False" in warned[0]
+  default = base.get_base_config()
+  assert (config.model.attention, config.model.scan_layers) == (default.model.attention, default.model.scan_layers)
+  assert config_lib.flatten(config) == {**config_lib.flatten(saved), "model.attention": "xla",
+                                        "model.scan_layers": False}
+  proc = evaluate(workdir, dirs[1])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "has no model.attention, model.scan_layers" in proc.stderr
+  saved["model"]["attension"] = "xla"
+  (workdir / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(config_lib.ConfigError, match=r"config.json: unknown config key 'model.attension'"):
+    workdir_lib.load_config(workdir)
+
+
 def test_a_second_launch_into_a_busy_workdir_names_the_holder(dirs, tmp_path):
   workdir = tmp_path / "w"
   workdir.mkdir()
@@ -186,6 +233,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_an_older_one(dirs, finished, tm
   proc = run(command(dirs, workdir))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"checkpoint {latest} is unreadable" in proc.stderr
+  assert f"every resume warns again until it is removed: rm -r {latest})" in proc.stderr
   assert "resuming from step 2, the newest readable checkpoint" in proc.stderr
   results = json.loads((workdir / "results.json").read_text())
   assert results["trained_steps"] == 1

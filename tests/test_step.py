@@ -15,10 +15,7 @@ from tests import helpers
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("step")
-  model_dir = helpers.make_tiny_model_dir(root / "model")
-  data_dir = helpers.prepare_data(root / "data", settings=("few_shot", "simple_to_complex"))
-  return model_dir, data_dir
+  return helpers.tiny_model_and_data(tmp_path_factory, "step", settings=("few_shot", "simple_to_complex"))
 
 
 def setup(config):

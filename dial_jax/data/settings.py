@@ -35,17 +35,16 @@ Seed 0 gives: cross_lingual 958/150/600/200/400, clean_to_noisy
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
 import os
 import random
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
+from dial_jax import paths
 from dial_jax.data import io as dio
 from dial_jax.data import sources
 
@@ -293,7 +292,7 @@ def prepare_settings(raw_dir: str | Path, out_dir: str | Path, seed: int = 0,
   if real_out == raw_dir.resolve() or raw_dir.resolve() in real_out.parents:
     raise ValueError(f"--out_dir {out_dir} is or is inside the raw folder {raw_dir}; write the splits elsewhere")
   old = _read_manifest(real_out)
-  tmp = _new_sibling(real_out, "tmp")
+  tmp = paths.new_sibling_dir(real_out, "tmp")
   try:
     entries = _write_settings(raw_dir, tmp, seed, settings)
     if real_out.is_dir():
@@ -316,7 +315,7 @@ def prepare_settings(raw_dir: str | Path, out_dir: str | Path, seed: int = 0,
                 "record_formats": {"pairs": list(dio.PAIR_FIELDS), "scored": list(dio.SCORED_FIELDS)},
                 "settings": entries}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    _swap_in(tmp, real_out)
+    paths.replace_dir(tmp, real_out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -413,52 +412,3 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, copy_function=link)
   else:
     link(src, dst)
-
-
-def _new_sibling(path: Path, what: str) -> Path:
-  """A new hidden directory beside ``path`` (same filesystem, so the final rename is atomic)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  for _ in range(100):
-    sib = path.parent / f".{path.name}.{what}-{uuid.uuid4().hex[:8]}"
-    try:
-      sib.mkdir()
-      return sib
-    except FileExistsError:
-      continue
-  raise FileExistsError(f"could not create a temporary directory beside {path}")
-
-
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-  """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-  try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = libc.renameat2
-  except (OSError, AttributeError, TypeError):
-    return False
-  fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-  at_fdcwd = -100
-  return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
-def _swap_in(new: Path, dest: Path) -> None:
-  """Puts directory ``new`` at ``dest``; an existing ``dest`` is replaced in one step and then deleted."""
-  if not dest.exists():
-    os.rename(new, dest)
-    return
-  if _exchange(new, dest):
-    shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old directory
-    return
-  old = _new_sibling(dest, "old")
-  try:
-    os.rename(dest, old / "dir")
-    try:
-      os.rename(new, dest)
-    except BaseException:
-      os.rename(old / "dir", dest)
-      raise
-  finally:
-    if dest.exists():  # else the previous directory is still in ``old``: never delete it
-      shutil.rmtree(old, ignore_errors=True)

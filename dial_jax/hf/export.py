@@ -14,10 +14,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import ml_dtypes
 import numpy as np
 from absl import logging
 
+from dial_jax import paths
 from dial_jax.hf import mapping
 from dial_jax.hf.load import load_hf_config
 from dial_jax.models.decoder import DecoderConfig
@@ -226,7 +225,7 @@ def export_hf(params, decoder_config_or_model, source_model_dir, tokenizer, outp
       max_shard_size=_parse_size(max_shard_size))
 
   output_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = _new_sibling(output_dir, "partial")
+  tmp = paths.new_sibling_dir(output_dir, "partial")
   try:
     for filename, names in split.filename_to_tensors.items():
       shard = {}
@@ -298,29 +297,6 @@ def check_output_dir(output_dir, overwrite: bool) -> None:
 
 
 def _move_into_place(tmp: Path, output_dir: Path, overwrite: bool) -> None:
-  """Rename ``tmp`` onto ``output_dir``; an existing directory is moved aside first and deleted last."""
+  """Rename ``tmp`` onto ``output_dir``; an existing directory is replaced in one step and deleted last."""
   check_output_dir(output_dir, overwrite)
-  if not output_dir.exists():
-    os.rename(tmp, output_dir)
-    return
-  old = _new_sibling(output_dir, "old")
-  os.rename(output_dir, old / "dir")
-  try:
-    os.rename(tmp, output_dir)
-  except BaseException:
-    os.rename(old / "dir", output_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    raise
-  shutil.rmtree(old, ignore_errors=True)
-
-
-def _new_sibling(output_dir: Path, what: str) -> Path:
-  """A new hidden directory beside ``output_dir`` (same filesystem, so renames are atomic; default mode)."""
-  for _ in range(100):
-    path = output_dir.parent / f".{output_dir.name}.{what}-{uuid.uuid4().hex[:8]}"
-    try:
-      path.mkdir()
-      return path
-    except FileExistsError:
-      continue
-  raise FileExistsError(f"could not create a temporary directory beside {output_dir}")
+  paths.replace_dir(tmp, output_dir)

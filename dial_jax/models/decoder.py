@@ -92,7 +92,8 @@ class LoraConfig:
     return self.rank if name in self.targets else 0
 
 
-class Attention(nn.Module):
+class _LayerModule(nn.Module):
+  """The fields a decoder layer and its attention share (a layer passes them on to its attention)."""
   config: DecoderConfig
   layer_type: str
   lora: LoraConfig = LoraConfig()
@@ -101,6 +102,8 @@ class Attention(nn.Module):
   attention: str = "xla"
   mesh: Any = None
 
+
+class Attention(_LayerModule):
   @nn.compact
   def __call__(self, x, positions, mask, kv=None, sliding=None):
     """Self-attention of x; with ``kv=(x_kv, positions_kv)`` the queries come from x and the keys/values from
@@ -143,14 +146,7 @@ class Attention(nn.Module):
     return proj("o_proj", (n, h), (d,), ("heads", "head_dim"), ("embed",), cfg.o_bias)(out)
 
 
-class DecoderLayer(nn.Module):
-  config: DecoderConfig
-  layer_type: str
-  lora: LoraConfig = LoraConfig()
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  attention: str = "xla"
-  mesh: Any = None
+class DecoderLayer(_LayerModule):
   scanned: bool = False  # body of nn.scan: returns (x, None)
 
   @nn.compact
