@@ -18,7 +18,8 @@ def check_positive(name: str, value: int) -> None:
 
 
 def check_input_file(flag: str, path: str) -> None:
-  p = Path(path)
+  """A local file or an object in a bucket (``gs://...``)."""
+  p = paths.path(path)
   if p.is_dir():
     raise UsageError(f"--{flag}={path} is a directory, not a file")
   if not p.is_file():
@@ -26,7 +27,21 @@ def check_input_file(flag: str, path: str) -> None:
 
 
 def check_output_file(output: str, input_path: str) -> None:
-  """The output can be written (its directory exists, it is not a directory) and is not the input."""
+  """The output can be written (its directory exists, it is not a directory) and is not the input. In a bucket
+  (``gs://...``) the bucket must exist and the output must not be a "directory" (a prefix holding objects); the
+  output and the input are compared as written (see :func:`dial_jax.paths.bucket_key`)."""
+  if paths.is_uri(output):
+    if not paths.bucket_exists(output):
+      raise UsageError(f"--output={output}: the bucket does not exist or cannot be read")
+    if paths.path(output).is_dir():
+      raise UsageError(f"--output={output} is a directory; give a file path")
+    if paths.is_uri(input_path):
+      if paths.bucket_key(output) == paths.bucket_key(input_path):
+        raise UsageError(f"--output={output} is the --input file; write the scores to another file")
+      if paths.bucket_key(output + ".tmp") == paths.bucket_key(input_path):
+        raise UsageError(f"--output={output}: its temporary file {output}.tmp is the --input file; choose another "
+                         "output")
+    return
   out = Path(output)
   if out.is_dir():
     raise UsageError(f"--output={output} is a directory; give a file path")
@@ -35,6 +50,8 @@ def check_output_file(output: str, input_path: str) -> None:
     raise UsageError(f"--output={output}: directory {parent} does not exist")
   if not os.access(parent, os.W_OK):
     raise UsageError(f"--output={output}: directory {parent} is not writable")
+  if paths.is_uri(input_path):  # a local output is never a bucket input
+    return
   inp = Path(input_path)
   if out.resolve() == inp.resolve() or (out.exists() and inp.exists() and out.samefile(inp)):
     raise UsageError(f"--output={output} is the --input file; write the scores to another file")

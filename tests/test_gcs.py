@@ -1,6 +1,7 @@
 """A gs:// workdir, against a local Cloud Storage emulator (tests/conftest.py: gcs_emulator): the run's files go to
 the bucket and nowhere on local disk, a SIGTERM-interrupted run resumes bit-identically from the bucket, evaluate /
-score / export read the bucket workdir, and two processes (jax.distributed) save to and resume from it."""
+score / export read the bucket workdir and read and write their other paths in the bucket too (evaluate --data,
+score --input/--output), and two processes (jax.distributed) save to and resume from it."""
 import json
 import os
 import signal
@@ -56,6 +57,13 @@ def run(cmd, cwd, **extra_env):
   p = subprocess.run(cmd, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stderr[-3000:]
   return p
+
+
+@pytest.fixture(scope="module")
+def bucket_data(gcs_emulator, dirs):
+  """The prepared data (manifest and few_shot splits) copied to gs://bucket/data."""
+  bucket_fs().put(f"{dirs[1]}/", "bucket/data/", recursive=True)
+  return "gs://bucket/data"
 
 
 @pytest.fixture(scope="module")
@@ -144,39 +152,68 @@ def test_sigterm_on_gs_saves_and_resume_from_the_bucket_is_exact(full_run, dirs,
   assert read_json(workdir + "/results.json")["eval"] == read_json(full_run[0] + "/results.json")["eval"]
 
 
-def test_evaluate_score_and_export_read_a_gs_workdir(full_run, dirs, tmp_path):
+def test_evaluate_score_and_export_read_and_write_the_bucket(full_run, bucket_data, tmp_path):
+  """evaluate --data=gs:// and score --input=gs:// --output=gs://, with the gs:// workdir (and export from it): the
+  results are right and nothing else is written locally (the CLIs run in an empty directory)."""
   workdir = full_run[0]
-  data = dirs[1] / SETTING / "target_test.jsonl"
+  data = f"{bucket_data}/{SETTING}/target_test.jsonl"
   out = run([sys.executable, "-m", "dial_jax.evaluate", f"--model={workdir}", f"--data={data}", "--limit=8",
              "--max_length=64"], tmp_path).stdout
   result = json.loads(out.strip().splitlines()[-1])
   # the same 8 examples (the seeded subset) as the run's final evaluation, scored with the same trained weights
+  assert result["data"] == data and result["n"] == 8
   assert result["accuracy"] == read_json(workdir + "/results.json")["eval"]["target_test"]["accuracy"]
-  (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n"
-                                             for i in range(3)))
-  run([sys.executable, "-m", "dial_jax.score", f"--model={workdir}", f"--input={tmp_path / 'in.jsonl'}",
-       f"--output={tmp_path / 'out.jsonl'}", "--max_length=64"], tmp_path)
-  rewards = [json.loads(line)["reward"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-  assert len(rewards) == 3 and all(np.isfinite(rewards))
+
+  rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(3)] + [{"text": "Grüße, 世界"}]
+  bucket_fs().pipe("bucket/scores/in.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+  run([sys.executable, "-m", "dial_jax.score", f"--model={workdir}", "--input=gs://bucket/scores/in.jsonl",
+       "--output=gs://bucket/scores/out.jsonl", "--max_length=64"], tmp_path)
+  assert objects("bucket/scores") == ["in.jsonl", "out.jsonl"]  # the temporary out.jsonl.tmp is gone
+  scored = [json.loads(line) for line in bucket_fs().cat("bucket/scores/out.jsonl").decode("utf-8").splitlines()]
+  assert [{k: v for k, v in r.items() if k != "reward"} for r in scored] == rows
+  assert all(np.isfinite(r["reward"]) for r in scored)
+
   out = run([sys.executable, "-m", "dial_jax.export", f"--workdir={workdir}", f"--output={tmp_path / 'hf'}",
              f"--step={N}"], tmp_path).stdout
   assert json.loads(out.strip().splitlines()[-1])["step"] == N
   assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "hf").iterdir()}
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "in.jsonl", "out.jsonl"]
+  assert [p.name for p in tmp_path.iterdir()] == ["hf"]
 
 
 def test_argument_checks_on_bucket_paths(full_run, tmp_path):
-  """The CLIs' checks before loading: a gs:// workdir is accepted, its steps listed from the bucket; a bucket path
-  that is not a workdir, or a gs:// export --output, is refused in one line."""
+  """The CLIs' checks before loading, on bucket paths: a gs:// workdir is accepted, its steps listed from the
+  bucket; a bucket path that is not a workdir is refused; evaluate's and score's gs:// files are checked like local
+  ones; a gs:// export --output is refused in one line."""
   from dial_jax import cli_checks
+  from dial_jax.cli_checks import UsageError
   workdir = full_run[0]
   cli_checks.check_model(workdir)
-  with pytest.raises(cli_checks.UsageError, match="gs://bucket/nothing: not a training workdir"):
+  with pytest.raises(UsageError, match="gs://bucket/nothing: not a training workdir"):
     cli_checks.check_model("gs://bucket/nothing")
+  # evaluate --data / score --input, score --output
+  fs = bucket_fs()
+  fs.pipe("bucket/checks/in.jsonl", b'{"text": "a"}\n')
+  cli_checks.check_input_file("data", "gs://bucket/checks/in.jsonl")
+  with pytest.raises(UsageError, match="--data=gs://bucket/checks/no.jsonl: no such file"):
+    cli_checks.check_input_file("data", "gs://bucket/checks/no.jsonl")
+  with pytest.raises(UsageError, match="--data=gs://bucket/checks is a directory"):
+    cli_checks.check_input_file("data", "gs://bucket/checks")
+  cli_checks.check_output_file("gs://bucket/checks/out.jsonl", "gs://bucket/checks/in.jsonl")
+  cli_checks.check_output_file("gs://bucket/checks/out.jsonl", str(tmp_path / "in.jsonl"))
+  for same in ("gs://bucket/checks/in.jsonl", "gs://bucket/checks/./in.jsonl", "gs://bucket//checks/in.jsonl"):
+    with pytest.raises(UsageError, match="is the --input file"):
+      cli_checks.check_output_file(same, "gs://bucket/checks/in.jsonl")
+  with pytest.raises(UsageError, match="its temporary file gs://bucket/checks/x.jsonl.tmp is the --input file"):
+    cli_checks.check_output_file("gs://bucket/checks/x.jsonl", "gs://bucket/checks/x.jsonl.tmp")
+  with pytest.raises(UsageError, match="gs://bucket/checks is a directory"):
+    cli_checks.check_output_file("gs://bucket/checks", "gs://bucket/checks/in.jsonl")
+  with pytest.raises(UsageError, match="gs://no-such-bucket/out.jsonl: the bucket does not exist"):
+    cli_checks.check_output_file("gs://no-such-bucket/out.jsonl", "gs://bucket/checks/in.jsonl")
+  # export: a gs:// workdir to a local output; the step is checked against the bucket's checkpoints
   cli_checks.check_export_args(workdir, str(tmp_path / "hf"), N, False)
-  with pytest.raises(cli_checks.UsageError, match=f"no such checkpoint in {workdir}/checkpoints .*: {N}, {2 * N},"):
+  with pytest.raises(UsageError, match=f"no such checkpoint in {workdir}/checkpoints .*: {N}, {2 * N},"):
     cli_checks.check_export_args(workdir, str(tmp_path / "hf"), 1, False)
-  with pytest.raises(cli_checks.UsageError, match="export writes a local directory"):
+  with pytest.raises(UsageError, match="export writes a local directory"):
     cli_checks.check_export_args(workdir, "gs://bucket/exported", None, False)
 
 
