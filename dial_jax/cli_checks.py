@@ -118,25 +118,37 @@ def checkpoint_steps(workdir) -> list[int]:
 
 def check_export_args(workdir, output, step: int | None, overwrite: bool) -> None:
   """``dial_jax.export``'s arguments: raises :class:`UsageError` (one line) for arguments that would fail or destroy
-  data; loads nothing. (Here, not in the CLI module, so it can be called without registering the CLI's flags.)"""
-  if paths.is_uri(output):
-    raise UsageError(f"--output={output}: export writes a local directory; copy it to the bucket afterwards")
-  remote = paths.is_uri(workdir)  # a gs:// workdir cannot contain or be a local --output
-  wd, out = paths.path(workdir) if remote else Path(workdir), Path(output)
+  data; loads nothing. (Here, not in the CLI module, so it can be called without registering the CLI's flags.)
+  ``workdir`` and ``output`` may each be local or in a bucket (``gs://...``); two bucket paths are compared as
+  :func:`dial_jax.paths.bucket_key` normalizes them."""
+  remote, out_remote = paths.is_uri(workdir), paths.is_uri(output)
+  if out_remote:
+    if not paths.bucket_key(output).partition("://")[2].partition("/")[2]:
+      raise UsageError(f"--output={output}: name a directory in the bucket (gs://bucket/dir), not the bucket itself")
+    if not paths.bucket_exists(output):
+      raise UsageError(f"--output={output}: the bucket does not exist or cannot be read; create it first")
+  wd = paths.path(workdir) if remote else Path(workdir)
   if not (wd / "config.json").is_file() or not (wd / "checkpoints").is_dir():
     raise UsageError(f"--workdir={workdir} is not a training workdir (needs config.json and checkpoints/)")
-  wd_real, out_real = wd if remote else wd.resolve(), out.resolve()
-  if not remote and out_real == wd_real:
-    raise UsageError(f"--output={output} is the workdir: exporting there would replace the training run")
-  if not remote and wd_real in out_real.parents:
-    raise UsageError(f"--output={output} is inside --workdir={workdir}; write the export outside the run")
-  if not remote and out_real in wd_real.parents:
-    raise UsageError(f"--output={output} contains --workdir={workdir}; replacing it would delete the run")
+  if remote == out_remote:  # a local output can never be, hold or lie in a bucket workdir, nor the other way round
+    if remote:
+      wd_key, out_key = paths.bucket_key(workdir), paths.bucket_key(output)
+      same, inside, contains = out_key == wd_key, out_key.startswith(wd_key + "/"), wd_key.startswith(out_key + "/")
+    else:
+      wd_real, out_real = wd.resolve(), Path(output).resolve()
+      same, inside, contains = out_real == wd_real, wd_real in out_real.parents, out_real in wd_real.parents
+    if same:
+      raise UsageError(f"--output={output} is the workdir: exporting there would replace the training run")
+    if inside:
+      raise UsageError(f"--output={output} is inside --workdir={workdir}; write the export outside the run")
+    if contains:
+      raise UsageError(f"--output={output} contains --workdir={workdir}; replacing it would delete the run")
   try:
     model_name = json.loads((wd / "config.json").read_text())["model"]["name"]
   except (ValueError, KeyError, TypeError):
     model_name = None
-  if model_name and Path(model_name).expanduser().is_dir() and Path(model_name).expanduser().resolve() == out_real:
+  if (model_name and not out_remote and not paths.is_uri(model_name) and Path(model_name).expanduser().is_dir()
+      and Path(model_name).expanduser().resolve() == Path(output).resolve()):
     raise UsageError(f"--output={output} is the run's backbone directory (model.name); choose another")
   steps = checkpoint_steps(wd)
   if not steps:

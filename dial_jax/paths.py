@@ -73,6 +73,12 @@ def create_exclusive(p, text: str) -> None:
   fs.pipe_file(key, text.encode(), mode="create")
 
 
+def fs_and_key(p):
+  """(fsspec filesystem, object key ``bucket/name`` without a trailing slash) of a bucket path."""
+  fs, key = fsspec.core.url_to_fs(os.fspath(p))
+  return fs, key.rstrip("/")
+
+
 def bucket_key(p) -> str:
   """A bucket path as ``scheme://bucket/name``, normalized (``.``, ``..``, repeated and trailing slashes removed) to
   compare two bucket paths. Cloud Storage takes object names literally, so two paths equal here may name different
