@@ -18,7 +18,8 @@ def check_positive(name: str, value: int) -> None:
 
 
 def check_input_file(flag: str, path: str) -> None:
-  p = Path(path)
+  """A local file or an object in a bucket (``gs://...``)."""
+  p = paths.path(path)
   if p.is_dir():
     raise UsageError(f"--{flag}={path} is a directory, not a file")
   if not p.is_file():
@@ -26,7 +27,21 @@ def check_input_file(flag: str, path: str) -> None:
 
 
 def check_output_file(output: str, input_path: str) -> None:
-  """The output can be written (its directory exists, it is not a directory) and is not the input."""
+  """The output can be written (its directory exists, it is not a directory) and is not the input. In a bucket
+  (``gs://...``) the bucket must exist and the output must not be a "directory" (a prefix holding objects); the
+  output and the input are compared as written (see :func:`dial_jax.paths.bucket_key`)."""
+  if paths.is_uri(output):
+    if not paths.bucket_exists(output):
+      raise UsageError(f"--output={output}: the bucket does not exist or cannot be read")
+    if paths.path(output).is_dir():
+      raise UsageError(f"--output={output} is a directory; give a file path")
+    if paths.is_uri(input_path):
+      if paths.bucket_key(output) == paths.bucket_key(input_path):
+        raise UsageError(f"--output={output} is the --input file; write the scores to another file")
+      if paths.bucket_key(output + ".tmp") == paths.bucket_key(input_path):
+        raise UsageError(f"--output={output}: its temporary file {output}.tmp is the --input file; choose another "
+                         "output")
+    return
   out = Path(output)
   if out.is_dir():
     raise UsageError(f"--output={output} is a directory; give a file path")
@@ -35,6 +50,8 @@ def check_output_file(output: str, input_path: str) -> None:
     raise UsageError(f"--output={output}: directory {parent} does not exist")
   if not os.access(parent, os.W_OK):
     raise UsageError(f"--output={output}: directory {parent} is not writable")
+  if paths.is_uri(input_path):  # a local output is never a bucket input
+    return
   inp = Path(input_path)
   if out.resolve() == inp.resolve() or (out.exists() and inp.exists() and out.samefile(inp)):
     raise UsageError(f"--output={output} is the --input file; write the scores to another file")
@@ -101,25 +118,37 @@ def checkpoint_steps(workdir) -> list[int]:
 
 def check_export_args(workdir, output, step: int | None, overwrite: bool) -> None:
   """``dial_jax.export``'s arguments: raises :class:`UsageError` (one line) for arguments that would fail or destroy
-  data; loads nothing. (Here, not in the CLI module, so it can be called without registering the CLI's flags.)"""
-  if paths.is_uri(output):
-    raise UsageError(f"--output={output}: export writes a local directory; copy it to the bucket afterwards")
-  remote = paths.is_uri(workdir)  # a gs:// workdir cannot contain or be a local --output
-  wd, out = paths.path(workdir) if remote else Path(workdir), Path(output)
+  data; loads nothing. (Here, not in the CLI module, so it can be called without registering the CLI's flags.)
+  ``workdir`` and ``output`` may each be local or in a bucket (``gs://...``); two bucket paths are compared as
+  :func:`dial_jax.paths.bucket_key` normalizes them."""
+  remote, out_remote = paths.is_uri(workdir), paths.is_uri(output)
+  if out_remote:
+    if not paths.bucket_key(output).partition("://")[2].partition("/")[2]:
+      raise UsageError(f"--output={output}: name a directory in the bucket (gs://bucket/dir), not the bucket itself")
+    if not paths.bucket_exists(output):
+      raise UsageError(f"--output={output}: the bucket does not exist or cannot be read; create it first")
+  wd = paths.path(workdir) if remote else Path(workdir)
   if not (wd / "config.json").is_file() or not (wd / "checkpoints").is_dir():
     raise UsageError(f"--workdir={workdir} is not a training workdir (needs config.json and checkpoints/)")
-  wd_real, out_real = wd if remote else wd.resolve(), out.resolve()
-  if not remote and out_real == wd_real:
-    raise UsageError(f"--output={output} is the workdir: exporting there would replace the training run")
-  if not remote and wd_real in out_real.parents:
-    raise UsageError(f"--output={output} is inside --workdir={workdir}; write the export outside the run")
-  if not remote and out_real in wd_real.parents:
-    raise UsageError(f"--output={output} contains --workdir={workdir}; replacing it would delete the run")
+  if remote == out_remote:  # a local output can never be, hold or lie in a bucket workdir, nor the other way round
+    if remote:
+      wd_key, out_key = paths.bucket_key(workdir), paths.bucket_key(output)
+      same, inside, contains = out_key == wd_key, out_key.startswith(wd_key + "/"), wd_key.startswith(out_key + "/")
+    else:
+      wd_real, out_real = wd.resolve(), Path(output).resolve()
+      same, inside, contains = out_real == wd_real, wd_real in out_real.parents, out_real in wd_real.parents
+    if same:
+      raise UsageError(f"--output={output} is the workdir: exporting there would replace the training run")
+    if inside:
+      raise UsageError(f"--output={output} is inside --workdir={workdir}; write the export outside the run")
+    if contains:
+      raise UsageError(f"--output={output} contains --workdir={workdir}; replacing it would delete the run")
   try:
     model_name = json.loads((wd / "config.json").read_text())["model"]["name"]
   except (ValueError, KeyError, TypeError):
     model_name = None
-  if model_name and Path(model_name).expanduser().is_dir() and Path(model_name).expanduser().resolve() == out_real:
+  if (model_name and not out_remote and not paths.is_uri(model_name) and Path(model_name).expanduser().is_dir()
+      and Path(model_name).expanduser().resolve() == Path(output).resolve()):
     raise UsageError(f"--output={output} is the run's backbone directory (model.name); choose another")
   steps = checkpoint_steps(wd)
   if not steps:

@@ -3,7 +3,8 @@ r"""Evaluate a reward model on one canonical JSONL file and print the metrics as
   python -m dial_jax.evaluate --model=runs/few_shot --data=data/few_shot/target_test.jsonl
 
 Pairs files give pairwise accuracy; scored-text files give Pearson and Spearman with the score.
-``--model`` is a training workdir, an HF directory (e.g. from ``dial_jax.export``) or a bundled name.
+``--model`` is a training workdir, an HF directory (e.g. from ``dial_jax.export``) or a bundled name; a workdir and
+``--data`` may be in a bucket (``gs://...``, read through :mod:`dial_jax.paths`).
 Flags, the data file and the model's files are checked before the model loads.
 """
 import json
@@ -19,7 +20,7 @@ from dial_jax.inference import evaluate_domain
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Training workdir, HF model directory, bundled name or hub id.", required=True)
-flags.DEFINE_string("data", None, "Canonical JSONL (pairs or scored texts).", required=True)
+flags.DEFINE_string("data", None, "Canonical JSONL (pairs or scored texts), local or gs://...", required=True)
 flags.DEFINE_integer("batch_size", 16, "Texts per forward pass.")
 flags.DEFINE_integer("max_length", 1024, "Longest token sequence; longer texts keep their end.")
 flags.DEFINE_integer("limit", 0, "Evaluate a seeded random subset of N examples, stratified by the file's group "

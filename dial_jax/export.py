@@ -7,6 +7,10 @@ LoRA adapters are merged into the base weights; the result loads with
 ``transformers.AutoModelForSequenceClassification.from_pretrained(OUTPUT)`` (reward = ``logits[:, 0]``) and with
 ``python -m dial_jax.score --model=OUTPUT``. transformers reads the reward at the last token that is not the
 pad id, so score unpadded (or left-padded) texts that do not end in the pad token.
+
+``--workdir`` and ``--output`` may be in a bucket (``gs://bucket/dir``). A bucket export is built in a local
+temporary directory (``$TMPDIR``) and uploaded so that the output holds ``config.json`` only once every other file
+is there (Cloud Storage has no directory rename; see :mod:`dial_jax.hf.export`).
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ from dial_jax.cli_checks import UsageError, check_export_args
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).", required=True)
-flags.DEFINE_string("output", None, "HF directory to write (must not exist unless --overwrite); never the "
-                    "workdir, inside it, or a folder that holds it.", required=True)
+flags.DEFINE_string("output", None, "HF directory to write, local or gs://bucket/dir (must not exist unless "
+                    "--overwrite); never the workdir, inside it, or a folder that holds it.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the written weights.")
 flags.DEFINE_string("max_shard_size", "2GB", "Split the weights into shards above this size (e.g. 2GB, 500MB).")
@@ -51,8 +55,7 @@ def main(argv):
   print(f"  {info.num_tensors} tensors, {info.total_size / 1e6:.1f} MB {info.dtype} in "
         f"{len(info.weight_files)} file(s)" + (f"; not written: {', '.join(info.dropped)}" if info.dropped else ""))
   for name in info.files:
-    size = (info.output_dir / name).stat().st_size
-    print(f"  {name}  {size:,} bytes")
+    print(f"  {name}  {info.sizes[name]:,} bytes")
   print(json.dumps({"output": str(info.output_dir), "step": step, "dtype": info.dtype, "files": info.files}))
 
 

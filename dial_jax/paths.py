@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import posixpath
 import re
 import shutil
 import uuid
@@ -51,11 +52,13 @@ def absolute(p) -> epath.Path:
 
 
 def write_text_atomic(p, text: str) -> None:
-  """Readers see the old or the new content, never a part. Locally: a temporary file renamed over ``p``. On a
-  bucket: a temporary object, copied over ``p`` server-side (one atomic replacement of the object), then deleted;
-  a direct upload would be atomic too, the temporary object keeps one pattern for both."""
+  """Readers see the old or the new content, never a part. Locally: a temporary file ``<p>.tmp`` (UTF-8) renamed
+  over ``p``. On a bucket: a temporary object ``<p>.tmp``, copied over ``p`` server-side (one atomic replacement of
+  the object), then deleted. A direct upload would be atomic too; the temporary object keeps one pattern for both,
+  and a write that fails half-way can only leave a partial ``<p>.tmp`` (gcsfs completes an upload when its file is
+  closed, even by an exception), never a partial ``p``."""
   p = epath.Path(p)
-  tmp = p.with_suffix(p.suffix + ".tmp")
+  tmp = p.parent / (p.name + ".tmp")
   tmp.write_text(text)
   if is_uri(p):
     tmp.copy(p, overwrite=True)
@@ -75,6 +78,21 @@ def create_exclusive(p, text: str) -> None:
     return
   fs, key = fsspec.core.url_to_fs(os.fspath(p))
   fs.pipe_file(key, text.encode(), mode="create")
+
+
+def fs_and_key(p):
+  """(fsspec filesystem, object key ``bucket/name`` without a trailing slash) of a bucket path."""
+  fs, key = fsspec.core.url_to_fs(os.fspath(p))
+  return fs, key.rstrip("/")
+
+
+def bucket_key(p) -> str:
+  """A bucket path as ``scheme://bucket/name``, normalized (``.``, ``..``, repeated and trailing slashes removed) to
+  compare two bucket paths. Cloud Storage takes object names literally, so two paths equal here may name different
+  objects (``a/../b`` and ``b``), never the other way round: a check that refuses equal paths errs on the safe
+  side."""
+  scheme, rest = os.fspath(p).split("://", 1)
+  return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
 
 
 def bucket_exists(p) -> bool:

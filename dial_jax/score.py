@@ -5,25 +5,26 @@ r"""Score texts with a reward model: one JSON row in, the same row plus ``"rewar
 Input rows are ``{"prompt": ..., "response": ...}`` or ``{"text": ...}``. ``--model`` is an HF-format model
 directory (e.g. one written by ``dial_jax.export``), a bundled model name, a hub id, or a training workdir.
 Flags, the input rows and the model's files are checked before the model loads; the output is written to a
-temporary file and renamed into place, never onto the input.
+temporary file and renamed into place, never onto the input. ``--input`` and ``--output`` may be objects in a bucket
+(``gs://...``, through :mod:`dial_jax.paths`); there the output is written as the temporary object ``OUTPUT.tmp``,
+copied over ``OUTPUT`` (an atomic object replacement) and deleted.
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 
 from absl import app, flags, logging
 
 from dial_jax import cli_logging  # noqa: F401  (first: quiets library INFO logs)
+from dial_jax import paths
 from dial_jax.cli_checks import UsageError, check_input_file, check_model, check_output_file, check_positive
 from dial_jax.data import tokenize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF model directory, bundled name, hub id, or training workdir.", required=True)
-flags.DEFINE_string("input", None, "Input JSONL file.", required=True)
-flags.DEFINE_string("output", None, "Output JSONL file.", required=True)
+flags.DEFINE_string("input", None, "Input JSONL file (local or gs://...).", required=True)
+flags.DEFINE_string("output", None, "Output JSONL file (local or gs://...).", required=True)
 flags.DEFINE_integer("batch_size", 8, "Texts per forward pass.")
 flags.DEFINE_integer("max_length", 1024, "Longest token sequence; longer texts keep their end.")
 flags.DEFINE_bool("skip_bad_rows", False, "Skip malformed rows (and report how many) instead of stopping.")
@@ -66,9 +67,9 @@ def row_text(row, where: str) -> str:
 
 def read_rows(path: str, skip_bad_rows: bool, overwrite_reward: bool = False) -> tuple[list[dict], list[str], int]:
   """(rows, texts, number skipped). Blank lines are ignored; a row with a ``"reward"`` field raises
-  :class:`RewardExists` unless ``overwrite_reward``."""
+  :class:`RewardExists` unless ``overwrite_reward``. ``path`` is local or in a bucket (``gs://...``)."""
   rows, texts, skipped = [], [], 0
-  with open(path, "rb") as f:
+  with paths.path(path).open("rb") as f:
     for line_no, raw in enumerate(f, start=1):
       where = f"{path} line {line_no}"
       try:
@@ -116,11 +117,8 @@ def main(argv):
     sys.exit(f"error: {e}")
   scorer = load_scorer(FLAGS.model, FLAGS.batch_size, FLAGS.max_length, FLAGS.dtype)
   rewards = scorer.score(texts, progress=True)
-  tmp = FLAGS.output + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row, reward in zip(rows, rewards):
-      f.write(json.dumps({**row, "reward": float(reward)}, ensure_ascii=False) + "\n")
-  os.replace(tmp, FLAGS.output)
+  paths.write_text_atomic(FLAGS.output, "".join(json.dumps({**row, "reward": float(reward)}, ensure_ascii=False) + "\n"
+                                                for row, reward in zip(rows, rewards)))  # via OUTPUT.tmp
   print(f"scored {len(rows)} rows -> {FLAGS.output}" + (f"; skipped {skipped} malformed rows" if skipped else ""))
 
 

@@ -1,6 +1,7 @@
 """A gs:// workdir, against a local Cloud Storage emulator (tests/conftest.py: gcs_emulator): the run's files go to
 the bucket and nowhere on local disk, a SIGTERM-interrupted run resumes bit-identically from the bucket, evaluate /
-score / export read the bucket workdir, and two processes (jax.distributed) save to and resume from it."""
+score / export read the bucket workdir and read and write their other paths in the bucket too (evaluate --data,
+score --input/--output, export --output), and two processes (jax.distributed) save to and resume from it."""
 import json
 import os
 import signal
@@ -56,6 +57,13 @@ def run(cmd, cwd, **extra_env):
   p = subprocess.run(cmd, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stderr[-3000:]
   return p
+
+
+@pytest.fixture(scope="module")
+def bucket_data(gcs_emulator, dirs):
+  """The prepared data (manifest and few_shot splits) copied to gs://bucket/data."""
+  bucket_fs().put(f"{dirs[1]}/", "bucket/data/", recursive=True)
+  return "gs://bucket/data"
 
 
 @pytest.fixture(scope="module")
@@ -144,40 +152,208 @@ def test_sigterm_on_gs_saves_and_resume_from_the_bucket_is_exact(full_run, dirs,
   assert read_json(workdir + "/results.json")["eval"] == read_json(full_run[0] + "/results.json")["eval"]
 
 
-def test_evaluate_score_and_export_read_a_gs_workdir(full_run, dirs, tmp_path):
+def test_evaluate_score_and_export_read_and_write_the_bucket(full_run, bucket_data, tmp_path):
+  """evaluate --data=gs://, score --input=gs:// --output=gs:// and export --output=gs://, all with the gs:// workdir:
+  the results are right and nothing is written locally (the CLIs run in an empty directory)."""
   workdir = full_run[0]
-  data = dirs[1] / SETTING / "target_test.jsonl"
+  data = f"{bucket_data}/{SETTING}/target_test.jsonl"
   out = run([sys.executable, "-m", "dial_jax.evaluate", f"--model={workdir}", f"--data={data}", "--limit=8",
              "--max_length=64"], tmp_path).stdout
   result = json.loads(out.strip().splitlines()[-1])
   # the same 8 examples (the seeded subset) as the run's final evaluation, scored with the same trained weights
+  assert result["data"] == data and result["n"] == 8
   assert result["accuracy"] == read_json(workdir + "/results.json")["eval"]["target_test"]["accuracy"]
-  (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n"
-                                             for i in range(3)))
-  run([sys.executable, "-m", "dial_jax.score", f"--model={workdir}", f"--input={tmp_path / 'in.jsonl'}",
-       f"--output={tmp_path / 'out.jsonl'}", "--max_length=64"], tmp_path)
-  rewards = [json.loads(line)["reward"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-  assert len(rewards) == 3 and all(np.isfinite(rewards))
-  out = run([sys.executable, "-m", "dial_jax.export", f"--workdir={workdir}", f"--output={tmp_path / 'hf'}",
+
+  rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(3)] + [{"text": "Grüße, 世界"}]
+  bucket_fs().pipe("bucket/scores/in.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+  run([sys.executable, "-m", "dial_jax.score", f"--model={workdir}", "--input=gs://bucket/scores/in.jsonl",
+       "--output=gs://bucket/scores/out.jsonl", "--max_length=64"], tmp_path)
+  assert objects("bucket/scores") == ["in.jsonl", "out.jsonl"]  # the temporary out.jsonl.tmp is gone
+  scored = [json.loads(line) for line in bucket_fs().cat("bucket/scores/out.jsonl").decode("utf-8").splitlines()]
+  assert [{k: v for k, v in r.items() if k != "reward"} for r in scored] == rows
+  assert all(np.isfinite(r["reward"]) for r in scored)
+
+  out = run([sys.executable, "-m", "dial_jax.export", f"--workdir={workdir}", "--output=gs://bucket/exported/cli",
              f"--step={N}"], tmp_path).stdout
-  assert json.loads(out.strip().splitlines()[-1])["step"] == N
-  assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "hf").iterdir()}
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "in.jsonl", "out.jsonl"]
+  info = json.loads(out.strip().splitlines()[-1])
+  assert info["step"] == N and info["output"] == "gs://bucket/exported/cli"
+  assert objects("bucket/exported") == [f"cli/{name}" for name in info["files"]]  # no temporary prefix left
+  assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(info["files"])
+  assert list(tmp_path.iterdir()) == []
+  # The exported directory, copied back, loads with dial_jax's loader and gives the workdir's step-N rewards.
+  from dial_jax import workdir as workdir_lib
+  from dial_jax.inference import Scorer
+  local = tmp_path / "copy"
+  bucket_fs().get("bucket/exported/cli/", f"{local}/", recursive=True)
+  texts = ["How do I bake bread? Knead, let it rise, bake.", "Hello there.", "q0 a0"]
+  expected = workdir_lib.load_scorer(workdir, N, batch_size=4, max_length=64).score(texts)
+  np.testing.assert_allclose(Scorer.from_pretrained(local, batch_size=4, max_length=64).score(texts), expected,
+                             atol=1e-5, rtol=0)
+
+
+def fake_bucket_workdir(prefix: str) -> str:
+  """A workdir in the bucket as the export checks see it (config.json, a finished checkpoint), plus run outputs."""
+  fs = bucket_fs()
+  fs.pipe(f"{prefix}/config.json", json.dumps({"model": {"name": "nowhere"}}).encode())
+  fs.pipe(f"{prefix}/checkpoints/2/commit_success.txt", b"")
+  fs.pipe(f"{prefix}/model.safetensors", b"looks like an export, but is a run")
+  return "gs://" + prefix
 
 
 def test_argument_checks_on_bucket_paths(full_run, tmp_path):
-  """The CLIs' checks before loading: a gs:// workdir is accepted, its steps listed from the bucket; a bucket path
-  that is not a workdir, or a gs:// export --output, is refused in one line."""
+  """The CLIs' checks before loading, on bucket paths: a gs:// workdir is accepted, its steps listed from the
+  bucket; a bucket path that is not a workdir is refused; evaluate's and score's gs:// files are checked like local
+  ones; a gs:// export --output that is, holds or lies inside the workdir, or that --overwrite would replace but is
+  not a previous export, is refused in one line and the bucket is left as it was."""
   from dial_jax import cli_checks
+  from dial_jax.cli_checks import UsageError
   workdir = full_run[0]
   cli_checks.check_model(workdir)
-  with pytest.raises(cli_checks.UsageError, match="gs://bucket/nothing: not a training workdir"):
+  with pytest.raises(UsageError, match="gs://bucket/nothing: not a training workdir"):
     cli_checks.check_model("gs://bucket/nothing")
+  # evaluate --data / score --input, score --output
+  fs = bucket_fs()
+  fs.pipe("bucket/checks/in.jsonl", b'{"text": "a"}\n')
+  cli_checks.check_input_file("data", "gs://bucket/checks/in.jsonl")
+  with pytest.raises(UsageError, match="--data=gs://bucket/checks/no.jsonl: no such file"):
+    cli_checks.check_input_file("data", "gs://bucket/checks/no.jsonl")
+  with pytest.raises(UsageError, match="--data=gs://bucket/checks is a directory"):
+    cli_checks.check_input_file("data", "gs://bucket/checks")
+  cli_checks.check_output_file("gs://bucket/checks/out.jsonl", "gs://bucket/checks/in.jsonl")
+  cli_checks.check_output_file("gs://bucket/checks/out.jsonl", str(tmp_path / "in.jsonl"))
+  for same in ("gs://bucket/checks/in.jsonl", "gs://bucket/checks/./in.jsonl", "gs://bucket//checks/in.jsonl"):
+    with pytest.raises(UsageError, match="is the --input file"):
+      cli_checks.check_output_file(same, "gs://bucket/checks/in.jsonl")
+  with pytest.raises(UsageError, match="its temporary file gs://bucket/checks/x.jsonl.tmp is the --input file"):
+    cli_checks.check_output_file("gs://bucket/checks/x.jsonl", "gs://bucket/checks/x.jsonl.tmp")
+  with pytest.raises(UsageError, match="gs://bucket/checks is a directory"):
+    cli_checks.check_output_file("gs://bucket/checks", "gs://bucket/checks/in.jsonl")
+  with pytest.raises(UsageError, match="gs://no-such-bucket/out.jsonl: the bucket does not exist"):
+    cli_checks.check_output_file("gs://no-such-bucket/out.jsonl", "gs://bucket/checks/in.jsonl")
+  # export: a gs:// workdir to a local or a gs:// output; the step is checked against the bucket's checkpoints
   cli_checks.check_export_args(workdir, str(tmp_path / "hf"), N, False)
-  with pytest.raises(cli_checks.UsageError, match=f"no such checkpoint in {workdir}/checkpoints .*: {N}, {2 * N},"):
-    cli_checks.check_export_args(workdir, str(tmp_path / "hf"), 1, False)
-  with pytest.raises(cli_checks.UsageError, match="export writes a local directory"):
-    cli_checks.check_export_args(workdir, "gs://bucket/exported", None, False)
+  cli_checks.check_export_args(workdir, "gs://bucket/exported/ok", N, False)
+  with pytest.raises(UsageError, match=f"no such checkpoint in {workdir}/checkpoints .*: {N}, {2 * N},"):
+    cli_checks.check_export_args(workdir, "gs://bucket/exported/ok", 1, False)
+  wd = fake_bucket_workdir("bucket/runs/wd")
+  fs.pipe("bucket/notes/todo.txt", b"keep me")
+  fs.pipe("bucket/file", b"an object, not a directory")
+  before = {name: fs.cat(name) for name in fs.find("bucket/runs") + fs.find("bucket/notes") + ["bucket/file"]}
+  refused = {"gs://bucket/runs/wd": "is the workdir", "gs://bucket/runs/wd/": "is the workdir",
+             "gs://bucket/runs/x/../wd": "is the workdir", "gs://bucket/runs/wd/checkpoints": "is inside --workdir",
+             "gs://bucket/runs/wd/hf": "is inside --workdir", "gs://bucket/runs": "contains --workdir",
+             "gs://bucket": "not the bucket itself", "gs://bucket/": "not the bucket itself",
+             "gs://no-such-bucket/hf": "the bucket does not exist",
+             "gs://bucket/notes": "does not look like a previous export",
+             "gs://bucket/file": "exists and is not a directory"}
+  for output, message in refused.items():
+    with pytest.raises(UsageError, match=message):
+      cli_checks.check_export_args(wd, output, None, True)
+  with pytest.raises(UsageError, match="--overwrite"):
+    cli_checks.check_export_args(wd, "gs://bucket/notes", None, False)
+  assert {name: fs.cat(name) for name in before} == before and sorted(fs.find("bucket/notes")) == [
+      "bucket/notes/todo.txt"]
+  cli_checks.check_export_args(wd, "gs://bucket/runs/wd2", None, True)  # a sibling whose name extends the workdir's
+  cli_checks.check_export_args(wd, str(tmp_path / "runs" / "wd"), None, True)  # same name, local: another place
+
+
+def test_export_to_a_bucket_publishes_complete_directories_and_overwrites_only_an_export(full_run, tmp_path,
+                                                                                         monkeypatch):
+  """export_hf to gs://: byte for byte the local export; config.json appears last (whoever sees it sees every other
+  file); a failed upload leaves the output as it was and no temporary prefix; --overwrite replaces a previous export
+  (also with another file set) and nothing else."""
+  from dial_jax import paths
+  from dial_jax import workdir as workdir_lib
+  from dial_jax.hf import export
+  workdir, fs = full_run[0], bucket_fs()
+  model, variables, tokenizer, model_dir, _, _ = workdir_lib.load_trained(workdir, N)
+  args = (export.merge_lora(variables, model), model, model_dir, tokenizer)
+  model, variables, tokenizer, model_dir, _, _ = workdir_lib.load_trained(workdir)
+  latest = (export.merge_lora(variables, model), model, model_dir, tokenizer)
+
+  def local_export(params_etc, name, **kwargs):
+    info = export.export_hf(*params_etc, tmp_path / name, **kwargs)
+    return {f: (info.output_dir / f).read_bytes() for f in info.files}
+
+  def in_bucket(prefix="bucket/exp/out"):
+    return {name[len(prefix) + 1:]: fs.cat(name) for name in fs.find(prefix)}
+
+  # The bucket client export uses, watched: before each copy into the output, the output's listing (config.json must
+  # not be there yet); an upload can be made to fail.
+  seen, puts, fail_at, fail_copy_at = [], [], [], []  # [n]: the n-th upload / copy into the output fails
+
+  class Watched:
+    def __init__(self, fs):
+      self._fs = fs
+
+    def __getattr__(self, name):
+      return getattr(self._fs, name)
+
+    def copy(self, path1, path2, **kwargs):
+      if path2.startswith("bucket/exp/out/"):
+        seen.append((path2.rsplit("/", 1)[1], sorted(n.rsplit("/", 1)[1] for n in fs.find("bucket/exp/out"))))
+        if fail_copy_at and len(seen) == fail_copy_at[0]:
+          raise OSError("copy failed (simulated)")
+      return self._fs.copy(path1, path2, **kwargs)
+
+    def put_file(self, lpath, rpath, **kwargs):
+      puts.append(rpath)
+      if fail_at and len(puts) == fail_at[0]:
+        raise OSError("upload failed (simulated)")
+      return self._fs.put_file(lpath, rpath, **kwargs)
+
+  real_fs_and_key = paths.fs_and_key
+  monkeypatch.setattr(paths, "fs_and_key", lambda p: (Watched(real_fs_and_key(p)[0]), real_fs_and_key(p)[1]))
+
+  info = export.export_hf(*args, "gs://bucket/exp/out")
+  assert str(info.output_dir) == "gs://bucket/exp/out"
+  first = local_export(args, "local")
+  assert in_bucket() == first and sorted(first) == info.files
+  assert [name for name, _ in seen][-1] == "config.json" and all("config.json" not in listing for _, listing in seen)
+  assert sorted(n.rsplit("/", 1)[1] for n in fs.ls("bucket/exp")) == ["out"]  # the temporary prefix is gone
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    export.export_hf(*args, "gs://bucket/exp/out")
+
+  # A failed upload (the 2nd file) with overwrite: the previous export is untouched, no temporary prefix is left.
+  puts.clear()
+  fail_at.append(2)
+  with pytest.raises(OSError, match="simulated"):
+    export.export_hf(*latest, "gs://bucket/exp/out", overwrite=True)
+  assert len(puts) == 2 and in_bucket() == first
+  assert sorted(n.rsplit("/", 1)[1] for n in fs.ls("bucket/exp")) == ["out"]
+  fail_at.clear()
+
+  # Overwrite with another file set (shards + index instead of model.safetensors): exactly the new files remain, and
+  # the old config.json was deleted before the first copy (the prefix never looks complete while mixed).
+  seen.clear()
+  export.export_hf(*latest, "gs://bucket/exp/out", overwrite=True, max_shard_size="40KB")
+  second = local_export(latest, "sharded", max_shard_size="40KB")
+  assert in_bucket() == second and "model.safetensors" not in second and "model.safetensors.index.json" in second
+  assert [name for name, _ in seen][-1] == "config.json" and all("config.json" not in listing for _, listing in seen)
+  assert sorted(n.rsplit("/", 1)[1] for n in fs.ls("bucket/exp")) == ["out"]
+
+  # A copy into the output fails (the 2nd) during an overwrite: what is left of the output (the old export's files and
+  # the new ones) is deleted, so it never holds a mix, and a plain export then works again.
+  seen.clear()
+  fail_copy_at.append(2)
+  with pytest.raises(OSError, match="copy failed"):
+    export.export_hf(*args, "gs://bucket/exp/out", overwrite=True)
+  assert len(seen) == 2 and fs.find("bucket/exp") == []
+  fail_copy_at.clear()
+  export.export_hf(*args, "gs://bucket/exp/out")
+  assert in_bucket() == first
+
+  # Never replaces a prefix that is not an export, nor an object.
+  fs.pipe("bucket/exp/notes/todo.txt", b"keep me")
+  fs.pipe("bucket/exp/notes/config.json", b"{}")
+  with pytest.raises(FileExistsError, match="not a model directory"):
+    export.export_hf(*args, "gs://bucket/exp/notes", overwrite=True)
+  fs.pipe("bucket/exp/file", b"an object")
+  with pytest.raises(FileExistsError, match="not a directory"):
+    export.export_hf(*args, "gs://bucket/exp/file", overwrite=True)
+  assert in_bucket("bucket/exp/notes") == {"todo.txt": b"keep me", "config.json": b"{}"}
+  assert fs.cat("bucket/exp/file") == b"an object"
+  assert sorted(n.rsplit("/", 1)[1] for n in fs.ls("bucket/exp")) == ["file", "notes", "out"]
 
 
 def test_a_missing_bucket_is_one_line(gcs_emulator, dirs, tmp_path):
@@ -208,34 +384,39 @@ def test_lock_in_a_bucket(gcs_emulator):
   second.release()
 
 
-@pytest.mark.slow
-def test_two_processes_save_to_and_resume_from_a_gs_workdir(gcs_emulator, dirs, tmp_path):
-  """2 processes (jax.distributed, gloo on CPU, 1 device each) write one run into gs://bucket/two; rerun with more
-  steps, they resume from its last checkpoint. The prepared data is read from the bucket too."""
+def test_two_processes_save_to_and_resume_from_a_gs_workdir(gcs_emulator, dirs, bucket_data, tmp_path):
+  """2 processes (jax.distributed, gloo on CPU, 1 device each) write one run into gs://bucket/two, checkpointing
+  every step; rerun with one more step, they resume from its last checkpoint. The prepared data is read from the
+  bucket too. Kept short for CI: 2 + 1 steps, and XLA's CPU backend optimizations off
+  (--xla_backend_optimization_level=0 cuts the compile time of the train step, the largest cost of each process, by
+  about 40%; both runs use it, and what is tested here, the bucket I/O and the processes' coordination, does not
+  depend on it)."""
   workdir = "gs://bucket/two"
-  bucket_fs().put(f"{dirs[1]}/", "bucket/data/", recursive=True)
 
   def both(steps):
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
-    cmd = command(dirs, workdir, steps=steps, every=2, data_dir="gs://bucket/data")
+    cmd = command(dirs, workdir, steps=steps, every=1, data_dir=bucket_data)
     procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
-        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"))
         for i in range(2)]
-    for p in procs:
-      _, err = p.communicate(timeout=900)
+    for i, p in enumerate(procs):
+      _, err = p.communicate(timeout=600)
       assert p.returncode == 0, err[-3000:]
+      assert f"jax.distributed: process {i} of 2, 1 local / 2 global devices" in err
+    return err
 
-  both(4)
+  both(2)
   from dial_jax import workdir as workdir_lib
-  assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
-  assert read_json(workdir + "/results.json")["trained_steps"] == 4
-  both(6)
-  assert workdir_lib.checkpoint_steps(workdir) == [2, 4, 6]
-  assert read_json(workdir + "/results.json")["trained_steps"] == 2  # resumed at step 4
-  assert sorted(train_metrics(workdir)) == list(range(1, 7))
+  assert workdir_lib.checkpoint_steps(workdir) == [1, 2]
+  assert read_json(workdir + "/results.json")["trained_steps"] == 2
+  assert "resumed from step 2" in both(3)
+  assert workdir_lib.checkpoint_steps(workdir) == [1, 2, 3]
+  assert read_json(workdir + "/results.json")["trained_steps"] == 1  # resumed at step 2
+  assert sorted(train_metrics(workdir)) == list(range(1, 4))
   assert list(tmp_path.iterdir()) == []
 
 

@@ -5,7 +5,8 @@ Rows are parsed and checked here, line by line, before anything reaches
 1-based line number and the field.  Loaders return ``(datasets.Dataset,
 n_skipped)``; the Dataset keeps every column found in the file (metadata such
 as ``group`` included; a row lacking a metadata column gets None there).
-Whitespace-only lines are not rows and are ignored.
+Whitespace-only lines are not rows and are ignored. Files are read through
+:mod:`dial_jax.paths`, so a path may be local or in a bucket (``gs://...``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import datasets
+
+from dial_jax import paths
 
 PAIR_FIELDS = ("id", "prompt", "response_chosen", "response_rejected")
 SCORED_FIELDS = ("id", "text", "score")
@@ -93,7 +96,7 @@ def read_rows(path: str | Path, kind: str, *, skip_bad_rows: bool = False,
   if kind not in ("pairs", "scored"):
     raise ValueError(f"kind must be 'pairs' or 'scored', got {kind!r}")
   rows, skipped, seen = [], [], {}
-  with open(path, "rb") as f:
+  with paths.path(path).open("rb") as f:
     for ln, raw in enumerate(f, 1):
       if not raw.strip():
         continue

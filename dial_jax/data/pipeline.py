@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dial_jax import paths
 from dial_jax.data import batching, packing, tokenize
 from dial_jax.data import io as dio
 
@@ -35,7 +36,7 @@ class Domain:
 
 def file_kind(path: str | Path) -> str:
   """'scored' if the first row has a ``score`` field, else 'pairs'."""
-  with open(path, "rb") as f:
+  with paths.path(path).open("rb") as f:
     for raw in f:
       if raw.strip():
         try:
@@ -70,8 +71,9 @@ def load_domain(path: str | Path, tokenizer, max_length: int, *, skip_bad_rows: 
                 limit: int = 0, seed: int = 0, truncation: str = "end") -> Domain:
   """Load (through ``datasets``, validating every row) and tokenize a canonical JSONL split. ``limit`` keeps a
   seeded random subset (:func:`subset_indices`, stratified by the ``group`` column where the file has one);
-  ``truncation`` says which end of an over-long text survives (see :func:`dial_jax.data.tokenize.encode`)."""
-  path = Path(path)
+  ``truncation`` says which end of an over-long text survives (see :func:`dial_jax.data.tokenize.encode`).
+  ``path`` is local or in a bucket (``gs://...``, read through :mod:`dial_jax.paths`)."""
+  path = paths.path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run `python -m dial_jax.prepare --out_dir=...` and point "
                             "--config.data.dir at its output")

@@ -8,6 +8,14 @@ no missing or unexpected weights. Tensor names and layouts come from ``dial_jax.
 
 The directory is written next to ``output_dir`` under a temporary name and renamed onto it at the end: an
 export that fails half-way leaves nothing behind (and an ``overwrite``d directory untouched).
+
+``output_dir`` may be in a bucket (``gs://bucket/dir``): the export is then built in a local temporary directory
+(``$TMPDIR``: it needs the export's size on local disk) and published by :func:`_publish_to_bucket`. Cloud Storage
+makes each object upload or server-side copy atomic (an object appears whole or not at all) and reads and listings
+strongly consistent, but has no rename of a "directory" (a prefix) and no multi-object transaction: a prefix cannot
+appear all at once. So the files are uploaded under a temporary sibling prefix first (the slow part; a failure there
+leaves ``output_dir`` untouched), then copied server-side into ``output_dir`` with ``config.json`` last: whoever
+sees ``config.json`` (what every loader reads first) sees every other file of the export.
 """
 from __future__ import annotations
 
@@ -16,6 +24,8 @@ import dataclasses
 import json
 import re
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +97,14 @@ def merge_lora(variables, model) -> dict:
 class ExportInfo:
   """What :func:`export_hf` wrote."""
 
-  output_dir: Path
+  output_dir: Path              # an etils.epath.Path for a bucket output (gs://...)
   files: list[str]              # every file in output_dir, sorted
   weight_files: list[str]       # model.safetensors or the shards
   num_tensors: int
   total_size: int               # bytes of tensor data (the index's metadata.total_size)
   dtype: str
   dropped: list[str]            # dial_jax param paths not written (lm_head)
+  sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # bytes of each file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,9 +188,22 @@ def export_hf(params, decoder_config_or_model, source_model_dir, tokenizer, outp
       the one transformers' ``save_pretrained`` uses).
     check_transformers: when torch is importable, compare names and shapes with the transformers class built
       on the meta device before writing anything.
+
+  A bucket ``output_dir`` (``gs://bucket/dir``) is built locally and then published (see the module docstring);
+  ``overwrite`` there too replaces only a previous export.
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  if paths.is_uri(output_dir):
+    check_output_dir(output_dir, overwrite)  # before the work
+    local_root = Path(tempfile.mkdtemp(prefix="dial_export_"))
+    try:
+      info = export_hf(params, decoder_config_or_model, source_model_dir, tokenizer, local_root / "export", dtype=dtype,
+                       max_shard_size=max_shard_size, check_transformers=check_transformers)
+      _publish_to_bucket(info.output_dir, output_dir, overwrite)
+    finally:
+      shutil.rmtree(local_root, ignore_errors=True)
+    return dataclasses.replace(info, output_dir=paths.path(output_dir))
   if isinstance(decoder_config_or_model, DecoderConfig):
     decoder_config = decoder_config_or_model
   else:
@@ -245,13 +269,14 @@ def export_hf(params, decoder_config_or_model, source_model_dir, tokenizer, outp
     (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(str(tmp))
     files = sorted(p.name for p in tmp.iterdir())
+    sizes = {name: (tmp / name).stat().st_size for name in files}
     _move_into_place(tmp, output_dir, overwrite)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return ExportInfo(output_dir=output_dir, files=files, weight_files=list(split.filename_to_tensors),
                     num_tensors=len(tensors), total_size=int(split.metadata["total_size"]), dtype=dtype,
-                    dropped=dropped)
+                    dropped=dropped, sizes=sizes)
 
 
 def _save_shard(tensors: dict[str, np.ndarray], path: Path) -> None:
@@ -271,24 +296,35 @@ def _check_names(tensors: dict[str, _Tensor], expected: dict[str, tuple[int, ...
                      f"{unexpected[:10]}, shape mismatches (ours, transformers') {dict(list(wrong.items())[:10])}")
 
 
+def _as_path(path):
+  """A local path as :class:`pathlib.Path`, a bucket path as :class:`etils.epath.Path`."""
+  return paths.path(path) if paths.is_uri(path) else Path(path)
+
+
+def _is_symlink(path) -> bool:
+  return not paths.is_uri(path) and Path(path).is_symlink()  # a bucket has no symlinks
+
+
 def looks_like_export(path) -> bool:
-  """Whether directory ``path`` looks like a previous export: only plain files (no subdirectory, e.g. no
-  ``checkpoints/``, no symlink), among them ``config.json`` and ``model.safetensors`` or its index."""
-  entries = list(Path(path).iterdir())
+  """Whether directory ``path`` (local, or a prefix in a bucket) looks like a previous export: only plain files (no
+  subdirectory, e.g. no ``checkpoints/``, no symlink), among them ``config.json`` and ``model.safetensors`` or its
+  index."""
+  entries = list(_as_path(path).iterdir())
   names = {p.name for p in entries}
   return ("config.json" in names and bool(names & {WEIGHTS_NAME, WEIGHTS_INDEX_NAME})
-          and all(p.is_file() and not p.is_symlink() for p in entries))
+          and all(p.is_file() and not _is_symlink(p) for p in entries))
 
 
 def check_output_dir(output_dir, overwrite: bool) -> None:
   """Raise ``FileExistsError`` unless ``output_dir`` may be written: absent, or (with ``overwrite``) an empty
-  directory or one that :func:`looks_like_export` (never a file, a symlink, or any other directory)."""
-  output_dir = Path(output_dir)
-  if not output_dir.exists() and not output_dir.is_symlink():
+  directory or one that :func:`looks_like_export` (never a file, a symlink, or any other directory). In a bucket a
+  "directory" is a prefix holding objects, and an object named ``output_dir`` itself is a file."""
+  output_dir = _as_path(output_dir)
+  if not output_dir.exists() and not _is_symlink(output_dir):
     return
   if not overwrite:
     raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
-  if not output_dir.is_dir() or output_dir.is_symlink():
+  if output_dir.is_file() or not output_dir.is_dir() or _is_symlink(output_dir):
     raise FileExistsError(f"{output_dir} exists and is not a directory; refusing to replace it")
   if any(output_dir.iterdir()) and not looks_like_export(output_dir):
     raise FileExistsError(f"{output_dir} does not look like a previous export (not a model directory: only "
@@ -300,3 +336,63 @@ def _move_into_place(tmp: Path, output_dir: Path, overwrite: bool) -> None:
   """Rename ``tmp`` onto ``output_dir``; an existing directory is replaced in one step and deleted last."""
   check_output_dir(output_dir, overwrite)
   paths.replace_dir(tmp, output_dir)
+
+
+def _publish_to_bucket(local_dir: Path, output_dir, overwrite: bool) -> None:
+  """Upload the finished export ``local_dir`` to ``output_dir`` (``gs://bucket/dir``) so that the final prefix is
+  complete whenever it holds ``config.json``.
+
+  1. Every file is uploaded under a new temporary sibling prefix ``.<dir>.partial-<random>/`` (each upload is atomic;
+     a failure here leaves ``output_dir`` as it was).
+  2. ``output_dir`` is checked again (:func:`check_output_dir`), as locally right before the rename.
+  3. A previous export's ``config.json`` is deleted first, so from then on the prefix is not a loadable export.
+  4. The new files are copied server-side into ``output_dir`` (each copy replaces its object atomically), a previous
+     export's files that the new one lacks are deleted, and ``config.json`` is copied last.
+  5. The temporary prefix is deleted (also on failure).
+
+  Cloud Storage cannot do better: there is no rename of a prefix. A failure in step 4 deletes what is left of
+  ``output_dir`` (only the previous export's files and this export's, by name), so a rerun starts afresh; should that
+  cleanup fail too, ``output_dir`` is left without ``config.json`` (not a loadable export, and not one that
+  ``overwrite`` would replace: delete it, then export again).
+  """
+  fs, key = paths.fs_and_key(output_dir)
+  parent, _, name = key.rpartition("/")
+  if not parent or not name:
+    raise ValueError(f"{output_dir}: name a directory in the bucket (gs://bucket/dir), not the bucket itself")
+  files = sorted(p.name for p in Path(local_dir).iterdir())
+  if "config.json" not in files:
+    raise ValueError(f"{local_dir} has no config.json: not an export")
+  staging = f"{parent}/.{name}.partial-{uuid.uuid4().hex[:8]}"
+  old, replacing = [], False
+  try:
+    for f in files:
+      fs.put_file(str(Path(local_dir) / f), f"{staging}/{f}")
+    check_output_dir(output_dir, overwrite)
+    old = sorted(p.name for p in paths.path(output_dir).iterdir()) if fs.isdir(key) else []
+    if "config.json" in old:
+      fs.rm_file(f"{key}/config.json")
+    replacing = True  # from here on output_dir is no loadable export until config.json is copied
+    for f in files:
+      if f != "config.json":
+        fs.copy(f"{staging}/{f}", f"{key}/{f}")
+    for f in old:
+      if f not in files:
+        fs.rm_file(f"{key}/{f}")
+    fs.copy(f"{staging}/config.json", f"{key}/config.json")
+  except BaseException:
+    if replacing:
+      for f in sorted(set(files) | set(old)):
+        _remove_quietly(fs, f"{key}/{f}")
+    raise
+  finally:
+    _remove_quietly(fs, staging, recursive=True)
+
+
+def _remove_quietly(fs, key: str, recursive: bool = False) -> None:
+  """Best-effort delete (never hides the error that led here)."""
+  try:
+    fs.rm(key, recursive=recursive)
+  except FileNotFoundError:
+    pass
+  except Exception as e:  # noqa: BLE001
+    logging.warning("could not delete %s from the bucket: %s", key, e)
