@@ -157,8 +157,6 @@ def _check_combinations(c: ml_collections.ConfigDict) -> None:
   if t.batch_size % t.grad_accum_steps:
     raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum_steps="
                       f"{t.grad_accum_steps} (pairs per micro-batch = batch_size / grad_accum_steps)")
-  if t.warmup_steps > t.num_steps:
-    raise ConfigError(f"train.warmup_steps={t.warmup_steps} exceeds train.num_steps={t.num_steps}")
   if d.min_bucket > d.max_length:
     raise ConfigError(f"data.min_bucket={d.min_bucket} exceeds data.max_length={d.max_length}")
   if d.pack_row_length and d.pack_row_length < d.max_length:

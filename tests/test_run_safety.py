@@ -129,7 +129,9 @@ def test_resuming_another_run_is_refused_and_config_json_kept(dirs, finished, tm
   proc = run(command(dirs, workdir, "--config.dial.lambda_=0.5", "--config.lora.rank=8"))
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and "holds another run" in last and "dial.lambda_: 0.01 -> 0.5" in last
+  from configs import few_shot
+  preset_lambda = few_shot.get_config().dial.lambda_
+  assert last.startswith("error: ") and "holds another run" in last and f"dial.lambda_: {preset_lambda} -> 0.5" in last
   assert "lora.rank: 4 -> 8" in last
   assert (workdir / "config.json").read_bytes() == saved  # the run's own config survives the failed rerun
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == steps
@@ -243,7 +245,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_an_older_one(dirs, finished, tm
 
 def test_nonfinite_updates_are_never_saved_and_results_stay_strict(dirs, tmp_path):
   workdir = tmp_path / "w"
-  proc = run(command(dirs, workdir, "--config.train.learning_rate=1e30", "--config.train.num_steps=2"))
+  # No warm-up: the first step's learning rate would be 0 and its update finite.
+  proc = run(command(dirs, workdir, "--config.train.learning_rate=1e30", "--config.train.num_steps=2",
+                     "--config.train.warmup_steps=0"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   results = json.loads((workdir / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
   assert results["skipped_nonfinite_steps"] == 2
@@ -253,6 +257,7 @@ def test_nonfinite_updates_are_never_saved_and_results_stay_strict(dirs, tmp_pat
   manager.close()
   import jax
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["trainable"]))
-  stop = run(command(dirs, tmp_path / "s", "--config.train.learning_rate=1e30", "--config.train.on_nonfinite=stop"))
+  stop = run(command(dirs, tmp_path / "s", "--config.train.learning_rate=1e30", "--config.train.on_nonfinite=stop",
+                     "--config.train.warmup_steps=0"))
   assert stop.returncode != 0
   assert "non-finite loss, gradient or parameters at step 1; last good checkpoint: None" in stop.stderr

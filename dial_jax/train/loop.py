@@ -368,6 +368,9 @@ def _pid_alive(pid: int) -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train per ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the results."""
   config_lib.validate(config)
+  if config.train.warmup_steps >= config.train.num_steps:  # e.g. a smoke run of a preset: allowed, but say so
+    logging.warning("train.warmup_steps=%d >= train.num_steps=%d: the learning rate never reaches its peak",
+                    config.train.warmup_steps, config.train.num_steps)
   workdir = paths.absolute(workdir)  # local: absolute; gs://...: as it is
   is_main = jax.process_index() == 0
   saved_config = workdir / "config.json"
