@@ -131,7 +131,7 @@ def study_regime(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # The CPU presets' lambda per setting: the study's label-free choice (``dial_jax/experiments/selection.py``: the
 # largest candidate whose source-check accuracy stays within one SE of source-only's while W falls), read from
 # experiments/REPORT.md. And what each setting's texts need kept when they are too long.
-STUDY_LAMBDA = {"few_shot": 10.0, "cross_lingual": 100.0, "clean_to_noisy": 10.0, "simple_to_complex": 10.0}
+STUDY_LAMBDA = {"few_shot": 10.0, "cross_lingual": 100.0, "clean_to_noisy": 100.0, "simple_to_complex": 1.0}
 STUDY_TRUNCATION = {"simple_to_complex": "start"}  # essays: their opening carries the content (as the authors)
 
 

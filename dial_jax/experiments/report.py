@@ -66,6 +66,9 @@ CHANGES = (
     "configuration), as is the alternative-domain-loss table.",
     "**Statistical power.** More seeds per cell, larger evaluation splits, a frozen-feature baseline (logistic "
     "regression on the untrained backbone's last-token features) and a paired bootstrap interval of Δ.",
+    "**Compact rows.** `experiments/results.jsonl` keeps per-example test scores exactly but compactly and each "
+    "metric's first and last logged value; full step histories live in the gitignored artifacts "
+    "(`dial_jax/experiments/rows.py`). Tables and intervals are the same either way (tested).",
 )
 
 
