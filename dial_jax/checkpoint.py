@@ -52,9 +52,14 @@ class Checkpointer:
         if step is not None:
           raise
         bad = self.directory / str(s)
-        logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one (it is left in place, so every "
-                        "resume warns again until it is removed: %s)", bad, type(e).__name__,
-                        str(e).splitlines()[0][:200], _remove_command(bad))
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        moved = self._set_aside(bad)
+        if moved is not None:
+          logging.warning("checkpoint %s is unreadable (%s); moved it to %s (nothing is deleted) and trying an "
+                          "older one", bad, why, moved)
+        else:
+          logging.warning("checkpoint %s is unreadable (%s); trying an older one (it is left in place, so every "
+                          "resume warns again until it is removed: %s)", bad, why, _remove_command(bad))
         continue
       if not _all_finite(restored.trainable):
         logging.warning("checkpoint %s holds non-finite parameters; trying an older one", self.directory / str(s))
@@ -64,6 +69,22 @@ class Checkpointer:
       return restored.replace(frozen=template.frozen)
     raise FileNotFoundError(f"{self.directory}: no readable checkpoint among steps {steps}; move the directory "
                             "away to start afresh")
+
+  def _set_aside(self, bad):
+    """Move an unreadable local checkpoint out of the step directories (to ``<workdir>/checkpoints_unreadable/``),
+    so that the step can be saved again and later resumes do not trip on it; returns where it went. Left in place
+    (None) on a bucket, which has no rename, and with several processes, which would race."""
+    if paths.is_uri(bad) or jax.process_count() > 1:
+      return None
+    dest_dir = self.directory.parent / "checkpoints_unreadable"
+    dest_dir.mkdir(exist_ok=True)
+    dest = dest_dir / bad.name
+    n = 1
+    while dest.exists():
+      dest, n = dest_dir / f"{bad.name}.{n}", n + 1
+    os.rename(bad, dest)
+    self.manager.reload()
+    return dest
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -234,13 +234,22 @@ def test_corrupt_latest_checkpoint_falls_back_to_an_older_one(dirs, finished, tm
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated array and metadata files
   proc = run(command(dirs, workdir))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"checkpoint {latest} is unreadable" in proc.stderr
-  assert f"every resume warns again until it is removed: rm -r {latest})" in proc.stderr
+  moved = workdir / "checkpoints_unreadable" / str(STEPS)
+  assert f"checkpoint {latest} is unreadable" in proc.stderr and f"moved it to {moved}" in proc.stderr
   assert "resuming from step 2, the newest readable checkpoint" in proc.stderr
   results = json.loads((workdir / "results.json").read_text())
   assert results["trained_steps"] == 1
   original = json.loads((finished[0] / "results.json").read_text())
   assert results["eval"]["target_test"]["accuracy"] == original["eval"]["target_test"]["accuracy"]
+  # Nothing was deleted: the damaged files sit aside, and the final step was saved again (a readable checkpoint).
+  assert sorted(p.relative_to(moved) for p in moved.rglob("*")) != [] and latest.is_dir()
+  manager = ocp.CheckpointManager(workdir.absolute() / "checkpoints")
+  assert STEPS in manager.all_steps()
+  manager.restore(STEPS, args=ocp.args.StandardRestore())
+  manager.close()
+  (workdir / "results.json").unlink()
+  again = run(command(dirs, workdir))  # the next rerun finds nothing unreadable
+  assert again.returncode == 0 and "unreadable" not in again.stderr, again.stderr[-3000:]
 
 
 def test_nonfinite_updates_are_never_saved_and_results_stay_strict(dirs, tmp_path):
