@@ -18,6 +18,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.remat_policy = "none"     # none | full | dots | dots_no_batch
   c.model.last_token_only = True    # final layer computes the last real token only (exact with pooling=last)
   c.model.head_seed = 0
+  c.model.head_init = "normal"      # normal: N(0, 0.02) from head_seed | probe: the frozen-feature probe (LP-FT)
   c.model.attention = "xla"         # xla | splash (Pallas TPU kernel; interpret mode off TPU; lengths % 128 == 0)
   c.model.scan_layers = False       # stack the layers and run them with nn.scan (faster compiles for deep models)
 

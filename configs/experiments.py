@@ -1,6 +1,7 @@
 """The quality experiment grid (issue 13): four settings x frozen-feature baselines / source-only / DIAL / oracle.
 
   python -m dial_jax.experiments --config=configs/experiments.py            # the full grid (resumable)
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft --report=experiments/lpft/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is the bundled Gemma-3-270M with only its top ``top_layers`` layer(s)
@@ -54,7 +55,11 @@ def get_config(arg=None):
   t.train.checkpoint_every = 0
   c.train_config = t
 
-  if arg == "quick":  # CI: one setting, one seed, a few steps, tiny splits
+  if arg == "lpft":  # the head starts at the frozen-feature probe (LP-FT) and moves at the body's learning rate
+    t.model.head_init = "probe"
+    t.train.head_learning_rate = 0.0
+    c.variants = ()
+  elif arg == "quick":  # CI: one setting, one seed, a few steps, tiny splits
     c.settings = ("few_shot",)
     c.seeds = (0,)
     c.lambdas = (10.0,)
@@ -68,5 +73,5 @@ def get_config(arg=None):
     c.train_config.train.log_every = 1
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
-    raise ValueError(f"unknown preset {arg!r}: use '' or 'quick'")
+    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft' or 'quick'")
   return c

@@ -50,6 +50,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.remat_policy": _enum("none", "full", "dots", "dots_no_batch"),
     "model.last_token_only": _any(_BOOL),
     "model.head_seed": _at_least(0),
+    "model.head_init": _enum("normal", "probe"),
     "model.attention": _enum("xla", "splash"),
     "model.scan_layers": _any(_BOOL),
     "data.dir": (lambda v: isinstance(v, str) and bool(v), "a directory (output of dial_jax.prepare)"),

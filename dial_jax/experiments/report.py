@@ -505,7 +505,10 @@ def _methods_text(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
       f"- {t.train.num_steps} steps of {t.train.batch_size} pairs per domain, {t.train.optimizer} (weight decay "
       f"{t.train.weight_decay} on matrices only), learning rate {t.train.learning_rate:g} (head "
       f"{head_lr:g}), {t.train.lr_schedule} schedule after {t.train.warmup_steps} warm-up steps, gradient clip "
-      f"{t.train.max_grad_norm}.",
+      f"{t.train.max_grad_norm}. Head init: "
+      + ("the frozen-feature probe of the run's labelled pairs (source; target for the oracle), then fine-tuned "
+         "(LP-FT, `model.head_init=probe`)." if t.model.get("head_init", "normal") == "probe" else
+         "N(0, 0.02) from the seed."),
       f"- Critic: widths {tuple(t.dial.critic_widths)}, activation {t.dial.critic_activation}, input scale "
       f"`{t.dial.critic_input_scale}`, {t.dial.critic_iter} critic steps per step, γ {t.dial.gamma}, Adam lr "
       f"{t.dial.critic_learning_rate:g}. Not run when λ is statically 0 (source-only, oracle).",

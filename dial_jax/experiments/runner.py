@@ -21,9 +21,9 @@ import numpy as np
 from absl import logging
 
 from dial_jax import config as config_lib
-from dial_jax import metrics, parallel
+from dial_jax import metrics, parallel, probe
 from dial_jax.data import pipeline
-from dial_jax.experiments import baselines, prefix_cache
+from dial_jax.experiments import prefix_cache
 from dial_jax.experiments import rows as row_format
 from dial_jax.hf import load
 from dial_jax.inference import Scorer
@@ -231,7 +231,7 @@ def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
 
 
 # Config keys added after the current grid's runs were made, with the value at which they compute what the grid did.
-NEUTRAL_KEYS = {"model.attention": "xla", "model.scan_layers": False}
+NEUTRAL_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal"}
 
 
 def grid_fingerprint(exp: ml_collections.ConfigDict) -> str:
@@ -260,48 +260,29 @@ def git_commit() -> str:
 
 
 def frozen_run(data: SettingData, config: ml_collections.ConfigDict, oracle: bool) -> dict:
-  """The frozen-feature baseline: pairwise logistic regression on the untrained model's last-token features,
-  fitted on the source pairs (``oracle``: on the target pairs, with their labels); L2 chosen on the fit split's
-  validation (source_val, else target_val for the oracle, else a fixed 1e-2)."""
+  """The frozen-feature baseline (``dial_jax.probe``): pairwise logistic regression on the untrained model's
+  last-token features, fitted on the source pairs (``oracle``: on the target pairs, with their labels); L2 chosen on
+  the fit split's validation (source_val, else target_val for the oracle, else a fixed default)."""
   start = time.time()
   scorer = Scorer(data.model, initial_variables(data, config), None, batch_size=config.data.eval_batch_size,
                   max_length=config.data.max_length)
-  features = {}
-
-  def diffs(split):
-    d = data.domains[split]
-    if split not in features:
-      if d.kind == "pairs":
-        _, h = scorer.score_tokens(list(d.chosen) + list(d.rejected), return_embeddings=True)
-        features[split] = (h[:len(d)], h[len(d):])
-      else:
-        features[split] = (scorer.score_tokens(d.texts, return_embeddings=True)[1], None)
-    h, h_r = features[split]
-    if h_r is not None:
-      return h - h_r, np.ones(len(h))
-    hi, lo, w = baselines.scored_pairs(d.scores, 4 * len(d), seed=config.train.seed)
-    return h[hi] - h[lo], w
-
+  features = {split: probe.embeddings(scorer, data.domains[split]) for split in data.domains}
+  diffs = lambda split: probe.pair_differences(data.domains[split], features[split], seed=config.train.seed)
   fit_split = "target_train" if oracle else "source_train"
   val_split = "target_val" if oracle else ("source_val" if "source_val" in data.domains else None)
-  x, w = diffs(fit_split)
-  scale = float(np.sqrt(np.mean(np.sum(x * x, axis=1)))) or 1.0
-  l2 = baselines.choose_l2(x / scale, w, diffs(val_split)[0] / scale) if val_split else 1e-2
-  coef = baselines.fit_pairwise_logreg(x / scale, w, l2) / scale
+  coef, l2 = probe.fit(diffs(fit_split), diffs(val_split)[0] if val_split else None)
   evals, scores = {}, {}
   for split in EVAL_SPLITS:
     if split not in data.domains:
       continue
     d = data.domains[split]
+    h, h_rejected = features[split]
     if d.kind == "pairs":
-      diffs(split)
-      margins = (features[split][0] - features[split][1]) @ coef
-      acc = baselines.pairwise_accuracy(margins)
-      evals[split] = {"accuracy": acc, "n": len(d), "chance": 0.5}
+      margins = (h - h_rejected) @ coef
+      evals[split] = {"accuracy": probe.pairwise_accuracy(margins), "n": len(d), "chance": 0.5}
       scores[split] = margins.tolist()
     else:
-      diffs(split)
-      rewards = features[split][0] @ coef
+      rewards = h @ coef
       evals[split] = {"pearson": metrics.pearson(rewards, d.scores), "spearman": metrics.spearman(rewards, d.scores),
                       "n": len(d), "chance": 0.0}
       scores[split] = rewards.tolist()

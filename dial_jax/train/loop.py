@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,7 +29,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from dial_jax import config as config_lib
-from dial_jax import parallel, paths
+from dial_jax import parallel, paths, probe
 from dial_jax.checkpoint import Checkpointer
 from dial_jax.data import batching, pipeline, settings
 from dial_jax.hf import load
@@ -209,13 +210,15 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
   local_shapes = {k: v.shape for k, v in batches.batch(0).items()}
   global_shapes = {k: (s[0], s[1] * jax.process_count()) + s[2:] for k, s in local_shapes.items()}
   batch_shardings = parallel.batch_shardings(global_shapes, mesh)
+  scorer = Scorer(model, None, tokenizer, batch_size=config.data.eval_batch_size, max_length=config.data.max_length,
+                  mesh=mesh)
   if checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     logging.info("resumed from step %d", int(state.step))
+  elif config.model.head_init == "probe":
+    state = head_at_probe(state, config, scorer, source, target, evals)
   train_step = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=state_shardings,
                                         batch_sharding=batch_shardings)
-  scorer = Scorer(model, None, tokenizer, batch_size=config.data.eval_batch_size, max_length=config.data.max_length,
-                  mesh=mesh)
 
   step = start = int(state.step)
   num_steps = config.train.num_steps
@@ -279,6 +282,26 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
   results = {"eval": eval_results, "final_train_metrics": train_metrics, "skipped_nonfinite_steps": n_skipped,
              "trained_steps": step - start}
   return Outcome(results, variables)
+
+
+def head_at_probe(state: state_lib.TrainState, config: ml_collections.ConfigDict, scorer: Scorer,
+                  source: pipeline.Domain, target: pipeline.Domain, evals: dict) -> state_lib.TrainState:
+  """``state`` with the reward head at the linear probe on the starting model's embeddings (``dial_jax.probe``),
+  fitted on the labelled training pairs: the source's, or the target's for the oracle. Its L2 is chosen on the
+  same domain's validation split when there is one. Fine-tuning then starts from a head that already ranks, so the
+  first updates do not distort the features to fit a random head (LP-FT)."""
+  oracle = config.dial.mode == "oracle"
+  fit_domain, val_domain = (target, evals.get("target_val")) if oracle else (source, evals.get("source_val"))
+  scorer.variables = state_lib.merge(state.trainable, state.frozen)
+  diffs = lambda d: probe.pair_differences(d, probe.embeddings(scorer, d), seed=config.train.seed)
+  fit_diffs = diffs(fit_domain)
+  coef, l2 = probe.fit(fit_diffs, diffs(val_domain)[0] if val_domain is not None else None)
+  logging.info("head_init=probe: the head starts at the linear probe on %s (%d pairs, L2 %g, training accuracy %.3f)",
+               fit_domain.name, len(fit_diffs[0]), l2, probe.pairwise_accuracy(fit_diffs[0] @ coef))
+  flat = flax.traverse_util.flatten_dict(state.trainable)
+  kernel = flat[("params", "score", "kernel")]
+  flat[("params", "score", "kernel")] = jax.device_put(jnp.asarray(coef[:, None], kernel.dtype), kernel.sharding)
+  return state.replace(trainable=flax.traverse_util.unflatten_dict(flat))
 
 
 def _flush(writer) -> None:

@@ -1,0 +1,101 @@
+"""The linear probe on frozen features (``dial_jax.probe``): the experiments' frozen-feature baseline and
+``model.head_init='probe'`` (LP-FT), which starts the reward head at the probe."""
+import jax
+import numpy as np
+import pytest
+
+from dial_jax import parallel, probe
+from dial_jax.hf import load
+from dial_jax.inference import Scorer
+from dial_jax.train import loop, state as state_lib, writers
+from tests import helpers
+
+
+def test_fit_recovers_a_planted_preference_direction():
+  rng = np.random.default_rng(0)
+  d = 16
+  w_true = rng.normal(size=d)
+  diffs = rng.normal(size=(400, d)) * 50.0  # the scale of LLM features: the fit scales them itself
+  flip = (diffs @ w_true) < 0
+  diffs[flip] *= -1  # chosen - rejected always agrees with w_true
+  noisy = diffs.copy()
+  noisy[:40] *= -1   # 10 % label noise
+  val = rng.normal(size=(200, d)) * 50.0
+  val[(val @ w_true) < 0] *= -1
+  coef, l2 = probe.fit((noisy, np.ones(len(noisy))), val)
+  assert l2 in probe.L2_GRID
+  cos = coef @ w_true / np.linalg.norm(coef) / np.linalg.norm(w_true)
+  assert cos > 0.95, cos
+  assert probe.pairwise_accuracy(val @ coef) > 0.9
+  # the coefficients apply to unscaled features: margins are O(1) logits, not O(scale)
+  assert 0.5 < np.median(np.abs(diffs @ coef)) < 50
+
+
+def test_fit_minimises_the_regularised_pairwise_loss():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(60, 5))
+  weights = rng.uniform(0.5, 1.5, size=60)
+  w = probe.fit_pairwise_logreg(x, weights, l2=0.1)
+  loss = lambda v: np.sum(weights / weights.sum() * np.logaddexp(0, -x @ v)) + 0.05 * v @ v
+  for _ in range(20):  # no nearby point is lower: the Newton solution is the optimum
+    assert loss(w) <= loss(w + rng.normal(size=5) * 1e-3) + 1e-12
+
+
+def test_scored_texts_become_weighted_pairs_higher_first():
+  scores = np.array([1.0, 3.0, 2.0, 2.0])
+  hi, lo, w = probe.scored_pairs(scores, 200, seed=0)
+  assert np.all(scores[hi] >= scores[lo]) and np.all((w == 0) == (scores[hi] == scores[lo]))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  return helpers.tiny_model_and_data(tmp_path_factory, "probe")
+
+
+@pytest.mark.parametrize("mode", ["source_only", "oracle"])
+def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode):
+  config = helpers.tiny_config(*tiny, **{"model.head_init": "probe", "dial.mode": mode, "dial.lambda_": 0.0})
+  model, variables, tokenizer, _ = load.build_model(config)
+  source, target, evals = loop.load_data(config, tokenizer)
+  tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
+  state, _ = state_lib.create_train_state(variables, config, model.config.num_layers, model.config.hidden_size, tx,
+                                          critic_tx)
+  scorer = Scorer(model, None, None, batch_size=8, max_length=64)
+  before = state_lib.merge(state.trainable, state.frozen)
+  state = loop.head_at_probe(state, config, scorer, source, target, evals)
+  after = state_lib.merge(state.trainable, state.frozen)
+
+  # Independently: the probe on the starting model's embeddings of the mode's labelled pairs.
+  fit_domain, val_domain = (target, evals["target_val"]) if mode == "oracle" else (source, None)
+  ref = Scorer(model, before, None, batch_size=8, max_length=64)
+  diffs = lambda d: probe.pair_differences(d, probe.embeddings(ref, d), seed=config.train.seed)
+  coef, _ = probe.fit(diffs(fit_domain), diffs(val_domain)[0] if val_domain is not None else None)
+  np.testing.assert_allclose(np.asarray(after["params"]["score"]["kernel"])[:, 0], coef, rtol=1e-5, atol=1e-7)
+  # Only the head changed, and the new model's margins are the probe's (its Bradley-Terry loss is the lower one).
+  flat_before, flat_after = dict(helpers.flatten(before)), dict(helpers.flatten(after))
+  assert [k for k in flat_before if not np.array_equal(flat_before[k], flat_after[k])] == [("params", "score", "kernel")]
+  x = diffs(fit_domain)[0]
+  margins = lambda v: (lambda r: r[:len(fit_domain)] - r[len(fit_domain):])(Scorer(
+      model, v, None, batch_size=8, max_length=64).score_tokens(list(fit_domain.chosen) + list(fit_domain.rejected)))
+  np.testing.assert_allclose(margins(after), x @ coef, rtol=1e-4, atol=1e-5)
+  assert np.mean(np.logaddexp(0, -margins(after))) < np.mean(np.logaddexp(0, -margins(before)))
+
+
+def test_the_loop_uses_the_probe_head_only_when_asked(tiny):
+  """``loop.train`` starts from the probe with ``head_init='probe'`` (one near-zero-lr step leaves it there)."""
+  def head_after(head_init):
+    config = helpers.tiny_config(*tiny, **{"model.head_init": head_init, "train.num_steps": 1,
+                                           "train.learning_rate": 1e-12, "train.warmup_steps": 0})
+    model, variables, tokenizer, _ = load.build_model(config)
+    source, target, evals = loop.load_data(config, tokenizer)
+    ref = Scorer(model, variables, None, batch_size=8, max_length=64)
+    coef, _ = probe.fit(probe.pair_differences(source, probe.embeddings(ref, source)),
+                        probe.pair_differences(evals["source_val"], probe.embeddings(ref, evals["source_val"]))[0]
+                        if "source_val" in evals else None)
+    outcome = loop.train(config, model, variables, source, target, {}, mesh=parallel.make_mesh(config.mesh), pad_id=model.config.pad_token_id,
+                         writer=writers.MemoryWriter(), progress=False)
+    return np.asarray(outcome.variables["params"]["score"]["kernel"])[:, 0], coef
+  head, coef = head_after("probe")
+  np.testing.assert_allclose(head, coef, rtol=1e-4, atol=1e-6)
+  head, coef = head_after("normal")
+  assert not np.allclose(head, coef, rtol=1e-2, atol=1e-4)
