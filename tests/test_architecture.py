@@ -15,7 +15,7 @@ LAYERS = [
     ("dial_jax.config", "dial_jax.paths", "dial_jax.losses", "dial_jax.metrics", "dial_jax.parallel", "dial_jax.flops",
      "dial_jax.tpu_slices", "dial_jax.models", "dial_jax.hf"),
     ("dial_jax.data",),
-    ("dial_jax.inference",),
+    ("dial_jax.inference", "dial_jax.probe"),
     ("dial_jax.train", "dial_jax.checkpoint", "dial_jax.workdir"),
     ("dial_jax.main", "dial_jax.evaluate", "dial_jax.score", "dial_jax.export", "dial_jax.prepare", "dial_jax.aot",
      "dial_jax.cli_logging",
