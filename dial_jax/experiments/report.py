@@ -724,11 +724,10 @@ def write_report(exp: ml_collections.ConfigDict, path: str, *, num_samples: int 
   text = render(exp, summary, rows, figures)
   notes = path.parent / "NOTES.md"
   if notes.exists():  # hand-written discussion, kept apart from the generated numbers
-    text += "\n## Discussion (hand-written, `experiments/NOTES.md`)\n\n" + notes.read_text(encoding="utf-8")
+    text += f"\n## Discussion (hand-written, `{notes.as_posix()}`)\n\n" + notes.read_text(encoding="utf-8")
   path.write_text(text, encoding="utf-8")
   logging.info("wrote %s (%d rows of grid %s)", path, len(rows), runner.grid_fingerprint(exp))
   return text
-
 
 def main(argv):
   if len(argv) > 1:
