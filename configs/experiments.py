@@ -2,6 +2,7 @@
 
   python -m dial_jax.experiments --config=configs/experiments.py            # the full grid (resumable)
   python -m dial_jax.experiments --config=configs/experiments.py:lpft --report=experiments/lpft/REPORT.md
+  python -m dial_jax.experiments --config=configs/experiments.py:essays512 --report=experiments/essays512/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is the bundled Gemma-3-270M with only its top ``top_layers`` layer(s)
@@ -59,6 +60,11 @@ def get_config(arg=None):
     t.model.head_init = "probe"
     t.train.head_learning_rate = 0.0
     c.variants = ()
+  elif arg == "essays512":  # simple-to-complex alone with 512-token inputs: 256 tokens cut 92 % of the essays
+    c.settings = ("simple_to_complex",)
+    c.setting_overrides = ml_collections.ConfigDict(
+        {"simple_to_complex": {"truncation": "start", "max_length": 512}})
+    c.variants = ()
   elif arg == "quick":  # CI: one setting, one seed, a few steps, tiny splits
     c.settings = ("few_shot",)
     c.seeds = (0,)
@@ -73,5 +79,5 @@ def get_config(arg=None):
     c.train_config.train.log_every = 1
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
-    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft' or 'quick'")
+    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'essays512' or 'quick'")
   return c
