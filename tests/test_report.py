@@ -286,3 +286,11 @@ def test_report_on_partial_grids(grid, tmp_path):
     assert f"(the {k} rows of grid" in texts[k] and "not enough runs yet" in texts[k]
     assert (tmp_path / f"rep{k}" / "figures" / "target_metric.png").exists()
   assert "No runs yet for: simple_to_complex" in texts[7] and "No runs yet for" not in texts[20]
+
+
+def test_two_grids_never_share_an_embeddings_file():
+  """Run ids repeat across grids (same setting, mode, lambda, seed), so the saved embeddings are kept per grid."""
+  from configs import experiments
+  spec = runner.RunSpec("few_shot", "dial", "wdgrl", 10.0, 5e-5, 0)
+  paths = {runner.embeddings_path(experiments.get_config(arg), spec) for arg in ("", "lpft", "essays512")}
+  assert len(paths) == 3

@@ -226,8 +226,9 @@ def grid(exp: ml_collections.ConfigDict, setting: str) -> Iterator[RunSpec]:
 
 
 def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
-  """Where a run saves source/target embeddings before and after training (for the report's figure)."""
-  return Path(exp.artifacts_dir) / (spec.run_id.replace("/", "_") + ".npz")
+  """Where a run saves source/target embeddings before and after training (for the report's figure); per grid, as
+  two grids share run ids."""
+  return Path(exp.artifacts_dir) / "embeddings" / grid_fingerprint(exp) / (spec.run_id.replace("/", "_") + ".npz")
 
 
 # Config keys added after the current grid's runs were made, with the value at which they compute what the grid did.
