@@ -99,3 +99,41 @@ def test_the_loop_uses_the_probe_head_only_when_asked(tiny):
   np.testing.assert_allclose(head, coef, rtol=1e-4, atol=1e-6)
   head, coef = head_after("normal")
   assert not np.allclose(head, coef, rtol=1e-2, atol=1e-4)
+
+
+MESH_WORKER = """
+import sys
+import numpy as np
+from dial_jax import parallel, probe
+from dial_jax.hf import load
+from dial_jax.inference import Scorer
+from dial_jax.train import loop, writers
+from tests import helpers
+config = helpers.tiny_config(sys.argv[1], sys.argv[2], **{"model.head_init": "probe", "train.num_steps": 1,
+                             "train.learning_rate": 1e-12, "train.warmup_steps": 0, "train.batch_size": 4})
+config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+model, variables, tokenizer, _ = load.build_model(config)
+source, target, evals = loop.load_data(config, tokenizer)
+coef, _ = probe.fit(probe.pair_differences(source, probe.embeddings(Scorer(model, variables, None, batch_size=8,
+                                                                           max_length=64), source)))
+out = loop.train(config, model, variables, source, target, {}, mesh=parallel.make_mesh(config.mesh),
+                 pad_id=model.config.pad_token_id, writer=writers.MemoryWriter(), progress=False)
+head = np.asarray(out.variables["params"]["score"]["kernel"])[:, 0]
+print("MAXDIFF", float(np.abs(head - coef).max()), float(np.abs(coef).max()))
+"""
+
+
+def test_the_probe_head_on_a_sharded_mesh(tiny):
+  """On 8 CPU devices as a (2, 2, 2) mesh, the head is fitted from the mesh-sharded scorer's embeddings and placed
+  with the head's sharding: it equals the probe fitted on one device."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", MESH_WORKER, str(tiny[0]), str(tiny[1])], capture_output=True,
+                        text=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("MAXDIFF ")][0]
+  diff, scale = map(float, line.split()[1:])
+  assert scale > 1e-3 and diff < 1e-5 * max(scale, 1.0), line
