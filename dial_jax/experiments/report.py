@@ -507,7 +507,7 @@ def _methods_text(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
       f"{head_lr:g}), {t.train.lr_schedule} schedule after {t.train.warmup_steps} warm-up steps, gradient clip "
       f"{t.train.max_grad_norm}. Head init: "
       + ("the frozen-feature probe of the run's labelled pairs (source; target for the oracle), then fine-tuned "
-         "(LP-FT, `model.head_init=probe`)." if t.model.get("head_init", "normal") == "probe" else
+         "(LP-FT, `model.head_init=probe`)." if t.model.head_init == "probe" else
          "N(0, 0.02) from the seed."),
       f"- Critic: widths {tuple(t.dial.critic_widths)}, activation {t.dial.critic_activation}, input scale "
       f"`{t.dial.critic_input_scale}`, {t.dial.critic_iter} critic steps per step, γ {t.dial.gamma}, Adam lr "
@@ -728,6 +728,7 @@ def write_report(exp: ml_collections.ConfigDict, path: str, *, num_samples: int 
   path.write_text(text, encoding="utf-8")
   logging.info("wrote %s (%d rows of grid %s)", path, len(rows), runner.grid_fingerprint(exp))
   return text
+
 
 def main(argv):
   if len(argv) > 1:

@@ -267,10 +267,11 @@ def frozen_run(data: SettingData, config: ml_collections.ConfigDict, oracle: boo
   start = time.time()
   scorer = Scorer(data.model, initial_variables(data, config), None, batch_size=config.data.eval_batch_size,
                   max_length=config.data.max_length)
-  features = {split: probe.embeddings(scorer, data.domains[split]) for split in data.domains}
-  diffs = lambda split: probe.pair_differences(data.domains[split], features[split], seed=config.train.seed)
   fit_split = "target_train" if oracle else "source_train"
   val_split = "target_val" if oracle else ("source_val" if "source_val" in data.domains else None)
+  features = {split: probe.embeddings(scorer, data.domains[split])
+              for split in {fit_split, val_split, *EVAL_SPLITS} if split in data.domains}
+  diffs = lambda split: probe.pair_differences(data.domains[split], features[split], seed=config.train.seed)
   coef, l2 = probe.fit(diffs(fit_split), diffs(val_split)[0] if val_split else None)
   evals, scores = {}, {}
   for split in EVAL_SPLITS:
