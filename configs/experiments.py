@@ -3,6 +3,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py            # the full grid (resumable)
   python -m dial_jax.experiments --config=configs/experiments.py:lpft --report=experiments/lpft/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:essays512 --report=experiments/essays512/REPORT.md
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_all --report=experiments/lpft_all/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is the bundled Gemma-3-270M with only its top ``top_layers`` layer(s)
@@ -60,6 +61,13 @@ def get_config(arg=None):
     t.model.head_init = "probe"
     t.train.head_learning_rate = 0.0
     c.variants = ()
+  elif arg == "lpft_all":  # LP-FT with every prepared target training pair and up to 1,000 source pairs
+    t.model.head_init = "probe"
+    t.train.head_learning_rate = 0.0
+    c.variants = ()
+    c.settings = ("few_shot", "clean_to_noisy", "cross_lingual", "simple_to_complex")
+    c.limits.source_train = 1000
+    c.limits.target_train = 0
   elif arg == "essays512":  # simple-to-complex alone with 512-token inputs: 256 tokens cut 94 % of the essays
     c.settings = ("simple_to_complex",)
     c.setting_overrides = ml_collections.ConfigDict(
@@ -79,5 +87,5 @@ def get_config(arg=None):
     c.train_config.train.log_every = 1
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
-    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'essays512' or 'quick'")
+    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'essays512' or 'quick'")
   return c
