@@ -293,4 +293,4 @@ def test_two_grids_never_share_an_embeddings_file():
   from configs import experiments
   spec = runner.RunSpec("few_shot", "dial", "wdgrl", 10.0, 5e-5, 0)
   paths = {runner.embeddings_path(experiments.get_config(arg), spec) for arg in ("", "lpft", "lpft_all", "essays512")}
-  assert len(paths) == 3
+  assert len(paths) == 4
