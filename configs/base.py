@@ -45,6 +45,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.lr_schedule = "cosine"    # constant | linear | cosine (after warm-up)
   c.train.warmup_steps = 0
   c.train.weight_decay = 0.01       # AdamW decay of matrices only (norm scales, biases and 1-D params are masked)
+  c.train.weight_decay_target = "zero"  # zero | start: decay every parameter toward its start (L2-SP, decoupled)
   c.train.max_grad_norm = 1.0       # 0 disables clipping
   c.train.trainable = "lora"        # lora | full | top_k
   c.train.top_k_layers = 2          # with trainable=top_k: the last k layers (+ final norm) train

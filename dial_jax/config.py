@@ -73,6 +73,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.lr_schedule": _enum("constant", "linear", "cosine"),
     "train.warmup_steps": _at_least(0),
     "train.weight_decay": _at_least(0.0, _FLOAT),
+    "train.weight_decay_target": _enum("zero", "start"),
     "train.max_grad_norm": _at_least(0.0, _FLOAT),
     "train.trainable": _enum("lora", "full", "top_k"),
     "train.top_k_layers": _at_least(1),
@@ -105,6 +106,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mesh.fsdp": (lambda v: isinstance(v, int) and (v == -1 or v >= 1), "-1 or >= 1"),
     "mesh.tensor": (lambda v: isinstance(v, int) and (v == -1 or v >= 1), "-1 or >= 1"),
 }
+
+
+# Keys added after runs were recorded, at the values that reproduce those runs: a saved config without one of them
+# resumes (``train.loop.check_resume``) and the experiment grids keep their fingerprints.
+ADDED_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal",
+              "train.weight_decay_target": "zero"}
 
 
 class ConfigError(ValueError):
@@ -172,6 +179,8 @@ def _check_combinations(c: ml_collections.ConfigDict) -> None:
   if c.model.scan_layers and t.trainable == "top_k":
     raise ConfigError("model.scan_layers=True stacks the layers, so train.trainable='top_k' (which selects layers by "
                       "name) is not available; use 'lora' or 'full'")
+  if t.weight_decay_target == "start" and t.optimizer != "adamw":
+    raise ConfigError("train.weight_decay_target='start' is AdamW's decoupled decay; use train.optimizer='adamw'")
   if c.dial.domain_loss == "dann" and c.dial.critic_input_scale != "none":
     raise ConfigError("dial.critic_input_scale applies to the WDGRL critic; use 'none' with dial.domain_loss='dann'")
 

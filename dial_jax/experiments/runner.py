@@ -232,7 +232,7 @@ def embeddings_path(exp: ml_collections.ConfigDict, spec: RunSpec) -> Path:
 
 
 # Config keys added after the current grid's runs were made, with the value at which they compute what the grid did.
-NEUTRAL_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal"}
+NEUTRAL_KEYS = config_lib.ADDED_KEYS
 
 
 def grid_fingerprint(exp: ml_collections.ConfigDict) -> str:

@@ -217,6 +217,8 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
     logging.info("resumed from step %d", int(state.step))
   elif config.model.head_init == "probe":
     state = head_at_probe(state, config, scorer, source, target, evals)
+    # The optimizer starts from the head it trains (weight_decay_target=start anchors there).
+    state = state.replace(opt_state=jax.jit(tx.init, out_shardings=state_shardings.opt_state)(state.trainable))
   train_step = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=state_shardings,
                                         batch_sharding=batch_shardings)
 
@@ -312,7 +314,8 @@ def _flush(writer) -> None:
 def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir) -> None:
   """Stop (one line, listing the keys) when ``config`` differs from the run saved in ``workdir`` in anything but
   :data:`RESUME_SAFE_KEYS`; ``train.num_steps`` may only grow."""
-  old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(config.to_json_best_effort()))
+  old = {**config_lib.ADDED_KEYS, **config_lib.flatten(saved)}
+  new = config_lib.flatten(json.loads(config.to_json_best_effort()))
   new["model.name"] = _absolute_model_name(new["model.name"])
   differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE_KEYS)
   if differ:

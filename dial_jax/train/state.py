@@ -1,7 +1,7 @@
 """Train state: trainable and frozen parameters kept apart, the critic, both optimizer states, step, RNG."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.struct
@@ -82,12 +82,37 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   return optax.join_schedules([warmup, after], [t.warmup_steps])
 
 
+class DecayTowardStartState(NamedTuple):
+  start: Any  # the parameters the optimizer was initialised with
+
+
+def decay_toward_start(weight_decay: float) -> optax.GradientTransformation:
+  """Add ``weight_decay * (params - start)`` to the updates, ``start`` being the parameters at ``init``: AdamW's
+  decoupled decay pulling toward the starting (pretrained) weights instead of zero, a decoupled form of L2-SP
+  (Li et al., 2018, "Explicit inductive bias for transfer learning")."""
+
+  def init(params):
+    return DecayTowardStartState(start=jax.tree.map(jnp.array, params))
+
+  def update(updates, state, params):
+    if params is None:
+      raise ValueError("decay_toward_start needs the parameters")
+    updates = jax.tree.map(lambda u, p, p0: u + weight_decay * (p - p0).astype(u.dtype), updates, params, state.start)
+    return updates, state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW (or plain SGD) with warm-up/decay and optional global-norm clipping, for the reward model."""
+  """AdamW (or plain SGD) with warm-up/decay and optional global-norm clipping, for the reward model. AdamW decays
+  toward zero (matrices only) or, with ``train.weight_decay_target=start``, every parameter toward its start."""
   parts = []
   if config.train.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(config.train.max_grad_norm))
-  if config.train.optimizer == "adamw":
+  if config.train.optimizer == "adamw" and config.train.weight_decay_target == "start":
+    parts += [optax.scale_by_adam(), decay_toward_start(config.train.weight_decay),
+              optax.scale_by_learning_rate(learning_rate_schedule(config))]
+  elif config.train.optimizer == "adamw":
     # Decay matrices only: norm scales, biases and other 1-D parameters are masked (the usual practice).
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.train.weight_decay,
