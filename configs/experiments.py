@@ -4,6 +4,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft --report=experiments/lpft/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:essays512 --report=experiments/essays512/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_all --report=experiments/lpft_all/REPORT.md
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp --report=experiments/lpft_sp/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is the bundled Gemma-3-270M with only its top ``top_layers`` layer(s)
@@ -68,6 +69,10 @@ def get_config(arg=None):
     c.settings = ("few_shot", "clean_to_noisy", "cross_lingual", "simple_to_complex")
     c.limits.source_train = 1000
     c.limits.target_train = 0
+  elif arg == "lpft_sp":  # lpft_all, with every parameter decayed toward its start (L2-SP): 1 / 1000 per coordinate
+    c = get_config("lpft_all")
+    c.train_config.train.weight_decay_target = "start"
+    c.train_config.train.weight_decay = 1000.0
   elif arg == "essays512":  # simple-to-complex alone with 512-token inputs: 256 tokens cut 94 % of the essays
     c.settings = ("simple_to_complex",)
     c.setting_overrides = ml_collections.ConfigDict(
@@ -87,5 +92,5 @@ def get_config(arg=None):
     c.train_config.train.log_every = 1
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
-    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'essays512' or 'quick'")
+    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'essays512' or 'quick'")
   return c

@@ -292,5 +292,5 @@ def test_two_grids_never_share_an_embeddings_file():
   """Run ids repeat across grids (same setting, mode, lambda, seed), so the saved embeddings are kept per grid."""
   from configs import experiments
   spec = runner.RunSpec("few_shot", "dial", "wdgrl", 10.0, 5e-5, 0)
-  paths = {runner.embeddings_path(experiments.get_config(arg), spec) for arg in ("", "lpft", "lpft_all", "essays512")}
-  assert len(paths) == 4
+  paths = {runner.embeddings_path(experiments.get_config(arg), spec) for arg in ("", "lpft", "lpft_all", "lpft_sp", "essays512")}
+  assert len(paths) == 5
