@@ -221,6 +221,12 @@ def test_report_text_bars_and_figures(grid, tmp_path):
   assert "source_val 0.900 (bar " in per_lambda
   variants = text.split("## Variants")[1].split("## Loss balance")[0]
   assert variants.count("`dial.critic_input_scale=none` | 0.01 | 2 |") == 2
+  assert "`python -m dial_jax.experiments --config=configs/experiments.py --report=PATH`" in text
+  assert "preset changes" not in text
+  exp.preset = "lpft"  # a preset grid's page names the preset in its rerun commands
+  text = report.write_report(exp, str(tmp_path / "lpft" / "REPORT.md"), num_samples=20)
+  assert "`python -m dial_jax.experiments.report --config=configs/experiments.py:lpft --out=PATH`" in text
+  assert "what the `:lpft` preset changes from it" in text
 
 
 def test_missing_seeds_are_not_enough_runs(grid, tmp_path):

@@ -674,10 +674,16 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
               f"{exp.embedding_setting} (the runner saves them for seed 0).", ""]
 
   lines += _compute_text(summary, rows)
-  lines += ["## What changed since the last report, and why", ""] + [f"{i}. {c}" for i, c in enumerate(CHANGES, 1)]
+  preset = exp.get("preset", "")
+  config_arg = "configs/experiments.py" + (f":{preset}" if preset else "")
+  lines += ["## What changed since the last report, and why", ""]
+  if preset:
+    lines += [f"The fixes below made the default grid; what the `:{preset}` preset changes from it is in "
+              "`configs/experiments.py` and the discussion below.", ""]
+  lines += [f"{i}. {c}" for i, c in enumerate(CHANGES, 1)]
   lines += ["", "Reproduce: `python -m dial_jax.prepare --raw_dir=../shared/data/raw --out_dir=data`, then "
-            "`python -m dial_jax.experiments --config=configs/experiments.py` (resumes; skips finished runs), and "
-            "`python -m dial_jax.experiments.report --config=configs/experiments.py` to rebuild this page."]
+            f"`python -m dial_jax.experiments --config={config_arg} --report=PATH` (resumes; skips finished runs), "
+            f"and `python -m dial_jax.experiments.report --config={config_arg} --out=PATH` to rebuild this page."]
   return "\n".join(lines) + "\n"
 
 
