@@ -57,3 +57,22 @@ def tiny_config(model_dir, data_dir, setting="few_shot", **overrides):
     section, name = key.split(".")
     c[section][name] = value
   return c
+
+
+def trained_head_and_probe(config):
+  """(reward head after ``loop.train`` under ``config``, the probe fitted independently on the starting model's
+  source embeddings, L2 chosen on source_val when there is one): what a head-init test compares."""
+  import numpy as np
+  from dial_jax import parallel, probe
+  from dial_jax.hf import load
+  from dial_jax.inference import Scorer
+  from dial_jax.train import loop, writers
+  model, variables, tokenizer, _ = load.build_model(config)
+  source, target, evals = loop.load_data(config, tokenizer)
+  ref = Scorer(model, variables, None, batch_size=8, max_length=64)
+  val = evals.get("source_val")
+  coef, _ = probe.fit(probe.pair_differences(source, probe.embeddings(ref, source)),
+                      probe.pair_differences(val, probe.embeddings(ref, val))[0] if val is not None else None)
+  outcome = loop.train(config, model, variables, source, target, {}, mesh=parallel.make_mesh(config.mesh),
+                       pad_id=model.config.pad_token_id, writer=writers.MemoryWriter(), progress=False)
+  return np.asarray(outcome.variables["params"]["score"]["kernel"])[:, 0], coef

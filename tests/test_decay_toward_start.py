@@ -7,10 +7,7 @@ import pytest
 
 from configs import base
 from dial_jax import config as config_lib
-from dial_jax import parallel, probe
-from dial_jax.hf import load
-from dial_jax.inference import Scorer
-from dial_jax.train import loop, writers
+from dial_jax.train import loop
 from dial_jax.train import state as state_lib
 from tests import helpers
 
@@ -85,18 +82,9 @@ def test_with_a_probe_head_the_anchor_is_the_probe(tiny):
   lr = 1e-3
 
   def head_after(target):
-    config = helpers.tiny_config(*tiny, **{"model.head_init": "probe", "train.num_steps": 3, "train.learning_rate": lr,
-                                           "train.weight_decay": 1.0 / lr, "train.weight_decay_target": target,
-                                           "train.warmup_steps": 0, "train.lr_schedule": "constant"})
-    model, variables, tokenizer, _ = load.build_model(config)
-    source, target_domain, evals = loop.load_data(config, tokenizer)
-    ref = Scorer(model, variables, None, batch_size=8, max_length=64)
-    coef, _ = probe.fit(probe.pair_differences(source, probe.embeddings(ref, source)),
-                        probe.pair_differences(evals["source_val"], probe.embeddings(ref, evals["source_val"]))[0]
-                        if "source_val" in evals else None)
-    outcome = loop.train(config, model, variables, source, target_domain, {}, mesh=parallel.make_mesh(config.mesh),
-                         pad_id=model.config.pad_token_id, writer=writers.MemoryWriter(), progress=False)
-    return np.asarray(outcome.variables["params"]["score"]["kernel"])[:, 0], coef
+    return helpers.trained_head_and_probe(helpers.tiny_config(*tiny, **{
+        "model.head_init": "probe", "train.num_steps": 3, "train.learning_rate": lr, "train.weight_decay": 1.0 / lr,
+        "train.weight_decay_target": target, "train.warmup_steps": 0, "train.lr_schedule": "constant"}))
 
   head, coef = head_after("start")
   assert np.abs(coef).max() > 20 * lr

@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from dial_jax import parallel, probe
+from dial_jax import probe
 from dial_jax.hf import load
 from dial_jax.inference import Scorer
-from dial_jax.train import loop, state as state_lib, writers
+from dial_jax.train import loop, state as state_lib
 from tests import helpers
 
 
@@ -84,17 +84,8 @@ def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode):
 def test_the_loop_uses_the_probe_head_only_when_asked(tiny):
   """``loop.train`` starts from the probe with ``head_init='probe'`` (one near-zero-lr step leaves it there)."""
   def head_after(head_init):
-    config = helpers.tiny_config(*tiny, **{"model.head_init": head_init, "train.num_steps": 1,
-                                           "train.learning_rate": 1e-12, "train.warmup_steps": 0})
-    model, variables, tokenizer, _ = load.build_model(config)
-    source, target, evals = loop.load_data(config, tokenizer)
-    ref = Scorer(model, variables, None, batch_size=8, max_length=64)
-    coef, _ = probe.fit(probe.pair_differences(source, probe.embeddings(ref, source)),
-                        probe.pair_differences(evals["source_val"], probe.embeddings(ref, evals["source_val"]))[0]
-                        if "source_val" in evals else None)
-    outcome = loop.train(config, model, variables, source, target, {}, mesh=parallel.make_mesh(config.mesh), pad_id=model.config.pad_token_id,
-                         writer=writers.MemoryWriter(), progress=False)
-    return np.asarray(outcome.variables["params"]["score"]["kernel"])[:, 0], coef
+    return helpers.trained_head_and_probe(helpers.tiny_config(*tiny, **{
+        "model.head_init": head_init, "train.num_steps": 1, "train.learning_rate": 1e-12, "train.warmup_steps": 0}))
   head, coef = head_after("probe")
   np.testing.assert_allclose(head, coef, rtol=1e-4, atol=1e-6)
   head, coef = head_after("normal")
