@@ -73,6 +73,10 @@ def get_config(arg=None):
     c = get_config("lpft_all")
     c.train_config.train.weight_decay_target = "start"
     c.train_config.train.weight_decay = 1000.0
+    # DIAL aligning the pairs' chosen - rejected differences (what a linear head reads) instead of the embeddings,
+    # at every seed and lambda, so both rules choose its lambda and the report checks the bars with it.
+    c.variants = tuple(("dial.align=pair_differences", lam) for lam in c.lambdas)
+    c.variant_seeds = c.seeds
   elif arg == "essays512":  # simple-to-complex alone with 512-token inputs: 256 tokens cut 94 % of the essays
     c.settings = ("simple_to_complex",)
     c.setting_overrides = ml_collections.ConfigDict(

@@ -100,6 +100,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dial.critic_input_scale": _enum(*CRITIC_INPUT_SCALES),
     "dial.critic_learning_rate": _positive(),
     "dial.critic_weight_decay": _at_least(0.0, _FLOAT),
+    "dial.align": _enum("embeddings", "pair_differences"),
     "dial.aux": _enum(*AUX_LOSSES),
     "dial.aux_weight": _at_least(0.0, _FLOAT),
     "mesh.data": (lambda v: isinstance(v, int) and (v == -1 or v >= 1), "-1 (all remaining devices) or >= 1"),
@@ -111,7 +112,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Keys added after runs were recorded, at the values that reproduce those runs: a saved config without one of them
 # resumes (``train.loop.check_resume``) and the experiment grids keep their fingerprints.
 ADDED_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal",
-              "train.weight_decay_target": "zero"}
+              "train.weight_decay_target": "zero", "dial.align": "embeddings"}
 
 
 class ConfigError(ValueError):

@@ -103,6 +103,21 @@ def test_no_config_get_with_defaults():
   assert not offenders, offenders
 
 
+def test_added_keys_default_to_what_older_runs_did_and_their_configs_resume(tmp_path):
+  """Each key in ADDED_KEYS is in the base config at the value that reproduces runs saved before it existed, so a
+  saved config lacking all of them resumes into today's defaults."""
+  import json
+
+  from dial_jax.train import loop
+  flat = config_lib.flatten(base.get_base_config())
+  assert {k: flat[k] for k in config_lib.ADDED_KEYS} == config_lib.ADDED_KEYS
+  saved = json.loads(base.get_base_config().to_json_best_effort())
+  for key in config_lib.ADDED_KEYS:
+    section, name = key.split(".")
+    del saved[section][name]
+  loop.check_resume(saved, base.get_base_config(), tmp_path)
+
+
 def test_every_base_key_has_a_rule_and_the_base_config_validates():
   assert set(config_lib.flatten(base.get_base_config())) == set(config_lib.RULES)
   for arg in ("", "paper"):
@@ -113,6 +128,8 @@ def test_every_base_key_has_a_rule_and_the_base_config_validates():
     ("train.nonsense", 1, r"unknown config key 'train.nonsense'; did you mean"),
     ("dial.mode", "dail", r"config key dial.mode='dail' is invalid: must be one of \('dial', 'source_only', 'oracle'\)"),
     ("train.learning_rate", -1.0, r"train.learning_rate=-1.0 is invalid: must be > 0"),
+    ("dial.align", "differences", r"dial.align='differences' is invalid: must be one of \('embeddings', "
+                                  r"'pair_differences'\)"),
 ])
 def test_config_messages_name_key_value_and_allowed(key, value, message):
   c = base.get_base_config()

@@ -252,6 +252,37 @@ def test_missing_seeds_are_not_enough_runs(grid, tmp_path):
   assert report.overall(exp, summary)[-1] == "- No runs yet for: cross_lingual."
 
 
+def test_a_variant_at_every_seed_and_lambda_is_chosen_and_barred_as_dial(tmp_path):
+  """A variant run at every grid seed and lambda gets its lambda chosen by both rules from its own runs and the bars
+  with it in DIAL's place; one run at fewer seeds (the authors' critic above) does not."""
+  exp = _exp(tmp_path)
+  exp.variants = tuple(("dial.align=pair_differences", lam) for lam in exp.lambdas)
+  exp.variant_seeds = exp.seeds
+  _essays(exp, np.random.default_rng(1))
+  truth = report.target_test_truth(exp, "simple_to_complex")
+  for r in make_rows(exp, truth):  # every variant run has dial1's numbers (see _key)
+    runner.append_result(exp.results, r)
+  summary = report.summarize(exp, report.grid_rows(exp, runner.read_results(exp.results)),
+                             {"simple_to_complex": truth}, num_samples=100)
+  for setting in exp.settings:
+    method = summary[setting]["variant_methods"]["dial.align=pair_differences"]
+    # Both lambdas pass the source check with W falling, so label-free takes the larger; target_val ties -> smaller.
+    assert method["choice"] == {"label_free": 10.0, "target_val": 1.0}
+    assert set(method["deltas"]) == {1.0, 10.0}
+  text = report.write_report(exp, str(tmp_path / "rep" / "REPORT.md"), num_samples=100)
+  variants = text.split("## Variants")[1].split("## Loss balance")[0]
+  assert "| `dial.align=pair_differences` | 10 | 3 |" in variants and variants.count("| label-free |") == 2
+  swapped = variants.split("Issue 13's bars with `dial.align=pair_differences` in DIAL's place")[1]
+  assert "few-shot-to-full (TL;DR): label-free λ=10, target_val λ=1" in swapped
+  # dial1's numbers: above source-only in few-shot (0.64 vs 0.62), below it in simple-to-complex (0.31 vs 0.32).
+  assert "label-free λ: DIAL's mean above source-only in 1/2 settings (bar: all) — **not met** (fails in: " \
+         "simple-to-complex)" in swapped
+  exp.variant_seeds = (0, 1)  # fewer seeds than the grid: listed per lambda only
+  summary = report.summarize(exp, report.grid_rows(exp, runner.read_results(exp.results)),
+                             {"simple_to_complex": truth}, num_samples=10)
+  assert summary["few_shot"]["variant_methods"] == {}
+
+
 def test_bootstrap_contains_true_delta_and_is_reproducible():
   """Paired accuracy differences drawn with a true gain of 0.08: the interval covers it and excludes 0; the same
   seed gives the same interval, another seed another one."""

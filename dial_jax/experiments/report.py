@@ -170,6 +170,17 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | N
     for r in sorted((r for r in mine if r.get("variant")), key=lambda r: (r["variant"], r["lambda"], r["seed"])):
       variants.setdefault((r["variant"], r["lambda"]), []).append(r)
     variant_deltas = {k: delta_interval(so, v, truth, num_samples=num_samples) for k, v in variants.items()}
+    families = {}
+    for (variant, lam), runs in variants.items():
+      families.setdefault(variant, {})[lam] = runs
+    # A variant run at every seed and lambda of the grid is a DIAL method of its own: both rules choose its lambda.
+    variant_methods = {}
+    for variant, runs_by_lam in families.items():
+      if set(runs_by_lam) == set(exp.lambdas) and tuple(exp.variant_seeds) == tuple(exp.seeds):
+        ch = {"label_free": selection.label_free_lambda(so, runs_by_lam),
+              "target_val": selection.target_val_lambda(runs_by_lam)}
+        variant_methods[variant] = {"dial": runs_by_lam, "choice": ch,
+                                    "deltas": {lam: variant_deltas[(variant, lam)] for lam in set(ch.values()) - {None}}}
     max_length, truncation = runner.setting_options(exp, setting)
     done = {r["run_id"] for r in mine}
     expected = [s.run_id for s in runner.grid(exp, setting)]
@@ -178,7 +189,8 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | N
         "metric": "accuracy" if "accuracy" in mine[0]["eval"]["target_test"] else "pearson",
         "frozen_source": by_mode("frozen_source"), "frozen_oracle": by_mode("frozen_oracle"),
         "source_only": so, "oracle": by_mode("oracle"), "dial": dial, "choice": choice, "deltas": deltas,
-        "variants": variants, "variant_deltas": variant_deltas, "sizes": mine[0]["data_sizes"],
+        "variants": variants, "variant_deltas": variant_deltas, "variant_methods": variant_methods,
+        "sizes": mine[0]["data_sizes"],
         "max_length": max_length, "truncation": truncation, "truth": truth,
         "done": sum(1 for r in expected if r in done), "expected": len(expected),
         "cache_seconds": max(cache) if cache else None, "rows": mine,
@@ -263,6 +275,20 @@ def bars(exp: ml_collections.ConfigDict, s: dict) -> list[tuple[str, str, str]]:
     out.append((name, status(so[0] >= frozen[0], {"source-only": so[2]}),
                 f"{so[0]:.3f} vs {frozen[0]:.3f} (source-only n={so[2]})"))
   return out
+
+
+def variant_bars(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
+  """Issue 13's bars again for each variant run at every seed and lambda, with it in DIAL's place (its lambda chosen
+  by the same two rules from its own runs; source-only, oracle and the frozen baselines are the grid's)."""
+  lines = []
+  for variant in sorted({v for s in summary.values() for v in s["variant_methods"]}):
+    swapped = {setting: {**s, **s["variant_methods"][variant]} for setting, s in summary.items()
+               if variant in s["variant_methods"]}
+    choices = "; ".join(f"{TITLES[k]}: " + ", ".join(
+        f"{RULE_NAMES[r]} λ={'none' if v['choice'][r] is None else format(v['choice'][r], 'g')}" for r in RULES)
+        for k, v in swapped.items())
+    lines += ["", f"Issue 13's bars with `{variant}` in DIAL's place ({choices}):", ""] + overall(exp, swapped)
+  return lines
 
 
 def _bold(word: str) -> str:
@@ -638,15 +664,21 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
   lines += ["", "## Variants", ""]
   if variants:
     lines += ["Same columns, plus Δ vs source-only over the seeds both have (paired bootstrap). "
-              "`dial.critic_input_scale=none` is the authors' critic on raw embeddings (the paper's λ).", "",
+              "`dial.critic_input_scale=none` is the authors' critic on raw embeddings (the paper's λ); "
+              "`dial.align=pair_differences` aligns the pairs' chosen − rejected embedding differences (both signs) "
+              "instead of the embeddings. A variant run at every seed and λ of the grid gets its λ chosen by both "
+              "rules (last column) and the bars below.", "",
               "| setting | variant | λ | n | target_val | target_test | source check | W first → last | W falls | "
-              "critic slope | balance | Δ vs source-only [95 %] |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "critic slope | balance | Δ vs source-only [95 %] | chosen by |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for setting, (variant, lam), runs in variants:
       so = summary[setting]["source_only"]
       check = selection.source_check(so)[0] if so else None
+      method = summary[setting]["variant_methods"].get(variant)
+      chosen = ", ".join(RULE_NAMES[r] for r in RULES if method and method["choice"][r] == lam)
       lines.append(f"| {TITLES[setting]} | `{variant}` | {lam:g} | " + " | ".join(_lambda_cells(runs, check))
-                   + f" | {_fmt_delta(summary[setting]['variant_deltas'][(variant, lam)])} |")
+                   + f" | {_fmt_delta(summary[setting]['variant_deltas'][(variant, lam)])} | {chosen} |")
+    lines += variant_bars(exp, summary)
   else:
     lines.append("No variant runs yet.")
 

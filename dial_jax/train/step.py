@@ -4,7 +4,8 @@ Per micro-batch (``lax.scan`` over ``train.grad_accum_steps`` of them):
   1. one forward pass over ``[source chosen; source rejected; target chosen; target rejected]``;
   2. inside the loss, the critic takes ``critic_iter`` Adam steps on ``stop_gradient`` embeddings,
      maximising ``W - gamma * GP``;
-  3. loss = BT(source) + lambda * W(h_s, h_t) with the updated critic (or MMD / CORAL / DANN), plus the
+  3. loss = BT(source) + lambda * W(source, target) with the updated critic (or MMD / CORAL / DANN) on the domain
+     features (``dial.align``: the embeddings, or the pairs' chosen - rejected differences), plus the
      oracle's target BT or an auxiliary LM loss, differentiated with ``jax.value_and_grad``.
 Gradients are averaged over micro-batches and applied with optax; a non-finite loss or gradient skips
 the update (``train.on_nonfinite=skip``) and is counted.
@@ -77,6 +78,18 @@ def critic_input_scale(h, mode: str) -> jax.Array:
   return jnp.sqrt(jnp.mean(jnp.sum(h * h, axis=-1)) + 1e-12)
 
 
+def domain_features(h, b_s: int, b_t: int, align: str) -> jax.Array:
+  """What the domain loss compares, the ``2 * b_s`` source rows first: the embeddings themselves (``embeddings``,
+  the paper's) or each pair's difference ``h_chosen - h_rejected`` with both signs (``pair_differences``). A linear
+  head's Bradley-Terry loss reads only those differences, so a shift shared by all of a domain's texts cancels there;
+  which side is preferred is unknown on the target, hence both signs."""
+  if align == "embeddings":
+    return h
+  n_src = 2 * b_s
+  d_s, d_t = h[:b_s] - h[b_s:n_src], h[n_src:n_src + b_t] - h[n_src + b_t:]
+  return jnp.concatenate([d_s, -d_s, d_t, -d_t])
+
+
 def loss_balance(variables, h, b_s, n_src, lam, domain_fn) -> dict[str, jax.Array]:
   """Norms of the gradients of the Bradley-Terry term and of the weighted domain term with respect to the
   embeddings (the reward head is linear in them), so the balance between the two losses is visible."""
@@ -105,38 +118,40 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
     out = model.apply(variables, ids, mask, return_hidden=d.aux != "none")
     r, h = out["rewards"], out["embeddings"]
   n_src, n_tgt = 2 * b_s, 2 * b_t
-  h_s, h_t = h[:n_src], h[n_src:]
   source_loss = losses.bradley_terry_loss(r[:b_s], r[b_s:n_src])
   r_tc, r_tr = r[n_src:n_src + b_t], r[n_src + b_t:]
   target_weight = batch["target_pair_weight"]
   target_loss = _weighted_bt(r_tc, r_tr, target_weight)
 
+  features = functools.partial(domain_features, b_s=b_s, b_t=b_t, align=d.align)
   metrics = {}
   domain_fn = None  # h -> domain loss, for the loss-balance metrics
   if not config_lib.domain_loss_active(config):
     domain = jnp.zeros((), jnp.float32)  # statically off: no critic, no 0 * W (0 * inf = NaN)
   elif d.domain_loss == "wdgrl":
-    # The critic, its gradient penalty and W all live in the scaled space x = h / scale, so the penalty holds
-    # |grad_x f| near 1 whatever the embeddings' norm; the encoder's gradient is that of f(h / scale).
-    scale = critic_input_scale(h, d.critic_input_scale)
+    # The critic, its gradient penalty and W all live in the scaled space x = f / scale (f: the domain features), so
+    # the penalty holds |grad_x critic| near 1 whatever their norm; the encoder's gradient is that of critic(f / scale).
+    f = features(h)
+    scale = critic_input_scale(f, d.critic_input_scale)
     critic_vars, critic_opt_state, critic_metrics = losses.critic_update(
-        critic_vars, critic_opt_state, h_s / scale, h_t / scale, rng, apply_fn=critic.apply, optimizer=critic_tx,
-        gamma=d.gamma, num_iters=d.critic_iter)
+        critic_vars, critic_opt_state, f[:n_src] / scale, f[n_src:] / scale, rng, apply_fn=critic.apply,
+        optimizer=critic_tx, gamma=d.gamma, num_iters=d.critic_iter)
     critic_vars = jax.lax.stop_gradient(critic_vars)
-    domain_fn = lambda x: losses.wasserstein_estimate(*jnp.split(critic.apply(critic_vars, x / scale), [n_src]))
+    domain_fn = lambda x: losses.wasserstein_estimate(
+        *jnp.split(critic.apply(critic_vars, features(x) / scale), [n_src]))
     domain = domain_fn(h)
     metrics.update(gradient_penalty=critic_metrics["gradient_penalty"], critic_loss=critic_metrics["critic_loss"],
                    critic_slope=losses.critic_slope(lambda x: critic.apply(critic_vars, x),
-                                                    jax.lax.stop_gradient(h / scale)),
+                                                    jax.lax.stop_gradient(f / scale)),
                    critic_input_scale=scale)
   elif d.domain_loss == "mmd":
-    domain_fn = lambda x: losses.mmd_loss(x[:n_src], x[n_src:])
+    domain_fn = lambda x: losses.mmd_loss(features(x)[:n_src], features(x)[n_src:])
     domain = domain_fn(h)
   elif d.domain_loss == "coral":
-    domain_fn = lambda x: losses.coral_loss(x[:n_src], x[n_src:])
+    domain_fn = lambda x: losses.coral_loss(features(x)[:n_src], features(x)[n_src:])
     domain = domain_fn(h)
   else:  # dann: the classifier trains on BCE; the reversed gradient, scaled by lambda, reaches the encoder.
-    logits = critic.apply(critic_vars, losses.gradient_reversal(h, lam))
+    logits = critic.apply(critic_vars, losses.gradient_reversal(features(h), lam))
     domain = losses.dann_loss(logits[:n_src], logits[n_src:])
 
   if d.mode == "oracle":
