@@ -47,7 +47,7 @@ def get_config(arg=None):
   c.embedding_setting = "few_shot"               # the 2-D embedding figure and W-over-training curve
 
   # The train config every run starts from (see configs/base.py); the runner sets mode, lambda, seed.
-  # The regime is ``base.study_regime``, which the CPU presets of configs/<setting>.py share.
+  # The regime is ``base.study_regime``; the CPU presets of configs/<setting>.py train in that of ``base.STUDY_GRID``.
   t = base.study_regime(base.get_base_config())
   t.data.max_length = c.max_length
   t.data.min_bucket = 64
@@ -59,20 +59,17 @@ def get_config(arg=None):
   c.train_config = t
 
   if arg == "lpft":  # the head starts at the frozen-feature probe (LP-FT) and moves at the body's learning rate
-    t.model.head_init = "probe"
-    t.train.head_learning_rate = 0.0
+    base.lpft(t)
     c.variants = ()
   elif arg == "lpft_all":  # LP-FT with every prepared target training pair and up to 1,000 source pairs
-    t.model.head_init = "probe"
-    t.train.head_learning_rate = 0.0
+    base.lpft(t)
     c.variants = ()
     c.settings = ("few_shot", "clean_to_noisy", "cross_lingual", "simple_to_complex")
     c.limits.source_train = 1000
     c.limits.target_train = 0
-  elif arg == "lpft_sp":  # lpft_all, with every parameter decayed toward its start (L2-SP): 1 / 1000 per coordinate
+  elif arg == "lpft_sp":  # lpft_all, with every parameter decayed toward its start (L2-SP): the CPU presets' regime
     c = get_config("lpft_all")
-    c.train_config.train.weight_decay_target = "start"
-    c.train_config.train.weight_decay = 1000.0
+    base.decay_to_start(c.train_config)
     # DIAL aligning the pairs' chosen - rejected differences (what a linear head reads) instead of the embeddings,
     # at every seed and lambda, so both rules choose its lambda and the report checks the bars with it.
     c.variants = tuple(("dial.align=pair_differences", lam) for lam in c.lambdas)

@@ -51,6 +51,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.last_token_only": _any(_BOOL),
     "model.head_seed": _at_least(0),
     "model.head_init": _enum("normal", "probe"),
+    "model.probe_max_pairs": _at_least(0),
     "model.attention": _enum("xla", "splash"),
     "model.scan_layers": _any(_BOOL),
     "data.dir": (lambda v: isinstance(v, str) and bool(v), "a directory (output of dial_jax.prepare)"),
@@ -112,7 +113,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Keys added after runs were recorded, at the values that reproduce those runs: a saved config without one of them
 # resumes (``train.loop.check_resume``) and the experiment grids keep their fingerprints.
 ADDED_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal",
-              "train.weight_decay_target": "zero", "dial.align": "embeddings"}
+              "train.weight_decay_target": "zero", "dial.align": "embeddings",
+              "model.probe_max_pairs": 0}
 
 
 class ConfigError(ValueError):

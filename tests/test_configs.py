@@ -24,10 +24,21 @@ def test_config_files_and_presets(setting):
   assert (paper.dial.lambda_, paper.dial.gamma, paper.dial.critic_iter) == (0.01, 1.0, 3)
   with pytest.raises(ValueError):
     module.get_config("nonsense")
-  # The CPU preset is the quality study's regime at the lambda its label-free rule chose for the setting.
-  from configs import base
-  assert (default.train.trainable, default.train.top_k_layers, default.dial.critic_input_scale) == ("top_k", 1, "rms")
+  # The CPU preset trains as its study grid's runs did, at the lambda the grid's label-free rule chose for the setting:
+  # every key equal but batching, evaluation batch, checkpointing and lambda (the grid reads padded cache rows).
+  from configs import base, experiments
+  from dial_jax import config as config_lib
+  from dial_jax.experiments import runner
+  grid = config_lib.flatten(runner.run_config(experiments.get_config(base.STUDY_GRID),
+                                              runner.RunSpec(setting, "dial", "wdgrl", 1.0, 5e-5, 0)))
+  mine = config_lib.flatten(default)
+  differ = {k for k in mine if mine[k] != grid[k]}
+  assert differ <= {"data.packing", "data.eval_batch_size", "train.checkpoint_every", "dial.lambda_",
+                    "model.probe_max_pairs"}, differ
+  assert (default.train.trainable, default.model.head_init, default.train.weight_decay_target) == ("top_k", "probe",
+                                                                                                 "start")
   assert default.dial.lambda_ == base.STUDY_LAMBDA[setting] and paper.dial.critic_input_scale == "none"
+  assert paper.model.head_init == "normal" and paper.train.weight_decay_target == "zero"
   assert default.data.truncation == ("start" if setting == "simple_to_complex" else "end")
 
 
@@ -37,7 +48,7 @@ def test_preset_lambdas_are_the_label_free_choices_of_the_committed_grid():
   from pathlib import Path
   from configs import base, experiments
   from dial_jax.experiments import report, runner, selection
-  exp = experiments.get_config()
+  exp = experiments.get_config(base.STUDY_GRID)
   rows = report.grid_rows(exp, runner.read_results(Path(__file__).resolve().parents[1] / "experiments/results.jsonl"))
   checked = []
   for setting in exp.settings:
@@ -50,7 +61,7 @@ def test_preset_lambdas_are_the_label_free_choices_of_the_committed_grid():
     want = choice if choice is not None else min(exp.lambdas)
     assert base.STUDY_LAMBDA[setting] == want, setting
     checked.append(setting)
-  assert "few_shot" in checked
+  assert set(checked) == set(SETTINGS)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dial_jax import probe
+from dial_jax.data import pipeline
 from dial_jax.hf import load
 from dial_jax.inference import Scorer
 from dial_jax.train import loop, state as state_lib
@@ -47,14 +48,28 @@ def test_scored_texts_become_weighted_pairs_higher_first():
   assert np.all(scores[hi] >= scores[lo]) and np.all((w == 0) == (scores[hi] == scores[lo]))
 
 
+def test_take_is_a_seeded_ordered_draw_of_pairs_or_scored_texts():
+  pairs = pipeline.Domain("p", "pairs", chosen=[[i] for i in range(50)], rejected=[[100 + i] for i in range(50)])
+  got = pipeline.take(pairs, 7, seed=3)
+  assert len(got) == 7 and [c[0] + 100 for c in got.chosen] == [r[0] for r in got.rejected]  # rows stay paired
+  assert [c[0] for c in got.chosen] == sorted(c[0] for c in got.chosen)
+  assert pipeline.take(pairs, 7, seed=3) == got and pipeline.take(pairs, 7, seed=4) != got
+  assert pipeline.take(pairs, 0, seed=3) is pairs and pipeline.take(pairs, 50, seed=3) is pairs
+  scored = pipeline.Domain("s", "scored", texts=[[i] for i in range(20)], scores=np.arange(20.0) * 2)
+  got = pipeline.take(scored, 5, seed=0)
+  np.testing.assert_array_equal(got.scores, [t[0] * 2.0 for t in got.texts])
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   return helpers.tiny_model_and_data(tmp_path_factory, "probe")
 
 
-@pytest.mark.parametrize("mode", ["source_only", "oracle"])
-def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode):
-  config = helpers.tiny_config(*tiny, **{"model.head_init": "probe", "dial.mode": mode, "dial.lambda_": 0.0})
+@pytest.mark.parametrize("mode,cap", [("source_only", 0), ("oracle", 0), ("source_only", 3)])
+def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode, cap):
+  """``cap``: ``model.probe_max_pairs``, the probe fits a seeded draw of that many pairs (``pipeline.take``)."""
+  config = helpers.tiny_config(*tiny, **{"model.head_init": "probe", "dial.mode": mode, "dial.lambda_": 0.0,
+                                         "model.probe_max_pairs": cap})
   model, variables, tokenizer, _ = load.build_model(config)
   source, target, evals = loop.load_data(config, tokenizer)
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
@@ -67,6 +82,10 @@ def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode):
 
   # Independently: the probe on the starting model's embeddings of the mode's labelled pairs.
   fit_domain, val_domain = (target, evals["target_val"]) if mode == "oracle" else (source, None)
+  if cap:
+    assert len(fit_domain) > cap
+    fit_domain = pipeline.take(fit_domain, cap, config.train.seed)
+    assert len(fit_domain) == cap
   ref = Scorer(model, before, None, batch_size=8, max_length=64)
   diffs = lambda d: probe.pair_differences(d, probe.embeddings(ref, d), seed=config.train.seed)
   coef, _ = probe.fit(diffs(fit_domain), diffs(val_domain)[0] if val_domain is not None else None)

@@ -67,6 +67,17 @@ def subset_indices(groups: Sequence, limit: int, seed: int) -> np.ndarray:
   return np.sort(np.argsort(keys, kind="stable")[:limit])
 
 
+def take(domain: Domain, limit: int, seed: int) -> Domain:
+  """At most ``limit`` examples of ``domain`` (a seeded random draw, in order; 0 = all, the domain itself)."""
+  if not limit or limit >= len(domain):
+    return domain
+  idx = subset_indices(range(len(domain)), limit, seed)
+  if domain.kind == "pairs":
+    return dataclasses.replace(domain, chosen=[domain.chosen[i] for i in idx],
+                               rejected=[domain.rejected[i] for i in idx])
+  return dataclasses.replace(domain, texts=[domain.texts[i] for i in idx], scores=domain.scores[idx])
+
+
 def load_domain(path: str | Path, tokenizer, max_length: int, *, skip_bad_rows: bool = False,
                 limit: int = 0, seed: int = 0, truncation: str = "end") -> Domain:
   """Load (through ``datasets``, validating every row) and tokenize a canonical JSONL split. ``limit`` keeps a

@@ -290,10 +290,12 @@ def head_at_probe(state: state_lib.TrainState, config: ml_collections.ConfigDict
                   source: pipeline.Domain, target: pipeline.Domain, evals: dict) -> state_lib.TrainState:
   """``state`` with the reward head at the linear probe on the starting model's embeddings (``dial_jax.probe``),
   fitted on the labelled training pairs: the source's, or the target's for the oracle. Its L2 is chosen on the
-  same domain's validation split when there is one. Fine-tuning then starts from a head that already ranks, so the
+  same domain's validation split when there is one; ``model.probe_max_pairs`` caps the fitted pairs (a seeded draw:
+  the probe embeds every one with the whole model). Fine-tuning then starts from a head that already ranks, so the
   first updates do not distort the features to fit a random head (LP-FT)."""
   oracle = config.dial.mode == "oracle"
   fit_domain, val_domain = (target, evals.get("target_val")) if oracle else (source, evals.get("source_val"))
+  fit_domain = pipeline.take(fit_domain, config.model.probe_max_pairs, config.train.seed)
   scorer.variables = state_lib.merge(state.trainable, state.frozen)
   diffs = lambda d: probe.pair_differences(d, probe.embeddings(scorer, d), seed=config.train.seed)
   fit_diffs = diffs(fit_domain)
