@@ -71,8 +71,9 @@ def get_config(arg=None):
     c = get_config("lpft_all")
     base.decay_to_start(c.train_config)
     # DIAL aligning the pairs' chosen - rejected differences (what a linear head reads) instead of the embeddings,
-    # at every seed and lambda, so both rules choose its lambda and the report checks the bars with it.
-    c.variants = tuple(("dial.align=pair_differences", lam) for lam in c.lambdas)
+    # at every seed and lambda, so both rules choose its lambda and the report checks the bars with it. The critic
+    # must be nonlinear there (a linear one sees only means, and both-sign differences have mean 0 in both domains).
+    c.variants = tuple(("dial.align=pair_differences,dial.critic_activation=gelu", lam) for lam in c.lambdas)
     c.variant_seeds = c.seeds
   elif arg == "essays512":  # simple-to-complex alone with 512-token inputs: 256 tokens cut 94 % of the essays
     c.settings = ("simple_to_complex",)

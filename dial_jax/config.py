@@ -186,6 +186,12 @@ def _check_combinations(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("train.weight_decay_target='start' is AdamW's decoupled decay; use train.optimizer='adamw'")
   if c.dial.domain_loss == "dann" and c.dial.critic_input_scale != "none":
     raise ConfigError("dial.critic_input_scale applies to the WDGRL critic; use 'none' with dial.domain_loss='dann'")
+  if (c.dial.align == "pair_differences" and c.dial.domain_loss in ("wdgrl", "dann")
+      and c.dial.critic_activation == "none"):
+    # Both signs of every difference make each domain's features symmetric about 0, so a linear critic's mean is its
+    # bias on either domain: W (or DANN's logit) is identically 0 and nothing is aligned.
+    raise ConfigError("dial.align='pair_differences' needs a nonlinear critic (a linear one cannot tell symmetric "
+                      "distributions apart): set dial.critic_activation='gelu' or 'relu'")
 
 
 def packing_supported(config: ml_collections.ConfigDict) -> bool:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from dial_jax import config as config_lib
 from dial_jax.hf import load
 from dial_jax.train import loop
 from dial_jax.train import state as state_lib
@@ -122,12 +123,21 @@ def test_pair_differences_features_ignore_domain_shifts_and_pair_order():
   mmd = lambda x, align: float(losses.mmd_loss(*jnp.split(step_lib.domain_features(x, b_s, b_t, align), [2 * b_s])))
   assert mmd(shifted, "pair_differences") == pytest.approx(mmd(h, "pair_differences"), rel=1e-4)
   assert abs(mmd(shifted, "embeddings") - mmd(h, "embeddings")) > 0.1
+  # And a linear critic cannot see them: each domain's both-sign features average to 0, so its W is its bias - bias.
+  a, b = rng.standard_normal(dim), 0.7
+  w = lambda x: float(np.mean(x[:2 * b_s] @ a + b) - np.mean(x[2 * b_s:] @ a + b))
+  assert w(f) == pytest.approx(0.0, abs=1e-5) and abs(w(np.asarray(h))) > 1e-2
 
 
 def test_pair_differences_is_what_the_step_aligns(dirs):
   """The option reaches the step: the first step's source loss is the same, its W is another (the critic sees other
-  inputs), and every metric stays finite over a few steps."""
-  common = {"dial.critic_input_scale": "rms", "dial.lambda_": 1.0}
+  inputs), and every metric stays finite over a few steps. A linear critic is refused: on both-sign differences its
+  W is identically 0 (each domain's features average to 0), which is what a first grid with it measured."""
+  common = {"dial.critic_input_scale": "rms", "dial.lambda_": 1.0, "dial.critic_activation": "gelu"}
+  linear = helpers.tiny_config(*dirs, **{**common, "dial.critic_activation": "none"})
+  linear.dial.align = "pair_differences"
+  with pytest.raises(config_lib.ConfigError, match="needs a nonlinear critic"):
+    config_lib.validate(linear)
   _, h_emb, _ = run_steps(helpers.tiny_config(*dirs, **common), 3)
   _, h_diff, _ = run_steps(helpers.tiny_config(*dirs, **common, **{"dial.align": "pair_differences"}), 3)
   assert h_diff[0]["source_loss"] == pytest.approx(h_emb[0]["source_loss"], rel=1e-6)
@@ -143,7 +153,8 @@ def test_pair_differences_is_what_the_step_aligns(dirs):
     {"dial.domain_loss": "coral", "dial.aux": "target_ntp", "train.trainable": "top_k", "train.top_k_layers": 1},
     {"dial.domain_loss": "dann", "train.trainable": "full", "dial.lambda_warmup_steps": 2},
     {"dial.critic_activation": "gelu", "data.setting": "simple_to_complex"},
-    {"dial.domain_loss": "dann", "dial.align": "pair_differences", "data.setting": "simple_to_complex"},
+    {"dial.domain_loss": "dann", "dial.align": "pair_differences", "dial.critic_activation": "relu",
+     "data.setting": "simple_to_complex"},
 ])
 def test_every_option_trains(dirs, overrides):
   config = helpers.tiny_config(*dirs, **overrides)

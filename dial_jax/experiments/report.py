@@ -167,7 +167,9 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | N
     for lam in set(choice.values()) - {None}:
       deltas[lam] = delta_interval(so, dial[lam], truth, num_samples=num_samples)
     variants = {}
-    for r in sorted((r for r in mine if r.get("variant")), key=lambda r: (r["variant"], r["lambda"], r["seed"])):
+    declared = {(v, lam) for v, lam in exp.variants}
+    for r in sorted((r for r in mine if (r.get("variant"), r["lambda"]) in declared and r["seed"] in exp.variant_seeds),
+                    key=lambda r: (r["variant"], r["lambda"], r["seed"])):
       variants.setdefault((r["variant"], r["lambda"]), []).append(r)
     variant_deltas = {k: delta_interval(so, v, truth, num_samples=num_samples) for k, v in variants.items()}
     families = {}
