@@ -145,10 +145,10 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
                                                     jax.lax.stop_gradient(f / scale)),
                    critic_input_scale=scale)
   elif d.domain_loss == "mmd":
-    domain_fn = lambda x: losses.mmd_loss(features(x)[:n_src], features(x)[n_src:])
+    domain_fn = lambda x: losses.mmd_loss(*jnp.split(features(x), [n_src]))
     domain = domain_fn(h)
   elif d.domain_loss == "coral":
-    domain_fn = lambda x: losses.coral_loss(features(x)[:n_src], features(x)[n_src:])
+    domain_fn = lambda x: losses.coral_loss(*jnp.split(features(x), [n_src]))
     domain = domain_fn(h)
   else:  # dann: the classifier trains on BCE; the reversed gradient, scaled by lambda, reaches the encoder.
     logits = critic.apply(critic_vars, losses.gradient_reversal(features(h), lam))
