@@ -74,10 +74,13 @@ def get_config(arg=None):
     # at every seed and lambda, so both rules choose its lambda and the report checks the bars with it. The critic
     # must be nonlinear there (a linear one sees only means, and both-sign differences have mean 0 in both domains).
     # The second family: the same with a 10x faster critic (the first one's W stayed ~0: too weak a critic, or nothing
-    # to find?).
+    # to find?). The third and fourth: multi-kernel MMD (no critic to train, so its value cannot grow as a critic
+    # converges and "W falls" reads the features alone) on the differences and on the embeddings.
     c.variants = tuple((v, lam) for v in ("dial.align=pair_differences,dial.critic_activation=gelu",
                                           "dial.align=pair_differences,dial.critic_activation=gelu,"
-                                          "dial.critic_learning_rate=0.001") for lam in c.lambdas)
+                                          "dial.critic_learning_rate=0.001",
+                                          "dial.align=pair_differences,dial.domain_loss=mmd",
+                                          "dial.domain_loss=mmd") for lam in c.lambdas)
     c.variant_seeds = c.seeds
   elif arg == "essays512":  # simple-to-complex alone with 512-token inputs: 256 tokens cut 94 % of the essays
     c.settings = ("simple_to_complex",)
