@@ -190,6 +190,25 @@ def test_label_free_lambda_is_the_largest_that_keeps_source_accuracy_while_w_fal
   assert selection.target_val_lambda(dial) == 100.0  # the reference rule reads target labels
 
 
+def test_w_falls_reads_the_domain_gap_of_every_distance_loss():
+  """W for WDGRL rows (old rows log only ``wasserstein``), ``domain_gap`` for new rows, and for old MMD / CORAL
+  variant rows (which logged neither) the gap the step's loss implies: (loss - source_loss) / lambda."""
+  def row(variant, ends, mode="dial", lam=10.0):
+    return {"mode": mode, "lambda": lam, "variant": variant, "history_ends": ends}
+  assert selection.w_falls(row("", {"wasserstein": [2.0, 1.0]}))
+  assert not selection.w_falls(row("", {"domain_gap": [1.0, 2.0], "wasserstein": [2.0, 1.0]}))  # domain_gap first
+  old_mmd = {"loss": [0.7 + 10 * 0.9, 0.3 + 10 * 0.5], "source_loss": [0.7, 0.3]}
+  assert selection.domain_gap(row("dial.domain_loss=mmd", old_mmd), 0) == pytest.approx(0.9)
+  assert selection.domain_gap(row("dial.align=pair_differences,dial.domain_loss=coral", old_mmd)) == pytest.approx(0.5)
+  assert selection.w_falls(row("dial.domain_loss=mmd", old_mmd))
+  rising = {"loss": [0.7 + 10 * 0.5, 0.3 + 10 * 0.9], "source_loss": [0.7, 0.3]}
+  assert not selection.w_falls(row("dial.domain_loss=mmd", rising))
+  # Neither DANN's loss (not a distance) nor a run without a domain loss has a gap.
+  assert selection.domain_gap(row("dial.domain_loss=dann", old_mmd)) is None
+  assert selection.domain_gap(row("", old_mmd, mode="source_only", lam=0.0)) is None
+  assert not selection.w_falls(row("dial.domain_loss=dann", old_mmd))
+
+
 def test_paired_bootstrap_interval():
   rng = np.random.default_rng(0)
   a = rng.normal(0, 1, (3, 400))

@@ -148,6 +148,23 @@ def test_pair_differences_is_what_the_step_aligns(dirs):
     assert m["loss"] == pytest.approx(m["source_loss"] + m["domain_weight"] * m["domain_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("domain_loss", ["wdgrl", "mmd", "coral", "dann"])
+def test_domain_gap_is_logged_for_the_distance_losses(dirs, domain_loss):
+  """``domain_gap`` (what the label-free lambda rule reads) is the distance the domain loss estimated: W for WDGRL,
+  MMD² or CORAL's value; DANN's loss is a classifier's cross-entropy, not a distance, so it logs none."""
+  _, history, _ = run_steps(helpers.tiny_config(*dirs, **{"dial.domain_loss": domain_loss, "dial.lambda_": 1.0,
+                                                          "dial.critic_activation": "gelu"}), 1)
+  m = history[0]
+  if domain_loss == "dann":
+    assert "domain_gap" not in m
+  else:
+    assert m["domain_gap"] == pytest.approx(m["domain_loss"], rel=1e-6) and m["domain_gap"] > 0
+  assert ("wasserstein" in m) == (domain_loss == "wdgrl")
+  _, source_only, _ = run_steps(helpers.tiny_config(*dirs, **{"dial.domain_loss": domain_loss,
+                                                              "dial.mode": "source_only"}), 1)
+  assert "domain_gap" not in source_only[0]
+
+
 @pytest.mark.parametrize("overrides", [
     {"dial.domain_loss": "mmd", "dial.mode": "oracle", "dial.aux": "source_sft"},
     {"dial.domain_loss": "coral", "dial.aux": "target_ntp", "train.trainable": "top_k", "train.top_k_layers": 1},

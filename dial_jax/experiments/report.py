@@ -668,7 +668,9 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
     lines += ["Same columns, plus Δ vs source-only over the seeds both have (paired bootstrap). "
               "`dial.critic_input_scale=none` is the authors' critic on raw embeddings (the paper's λ); "
               "`dial.align=pair_differences` aligns the pairs' chosen − rejected embedding differences (both signs) "
-              "instead of the embeddings. A variant run at every seed and λ of the grid gets its λ chosen by both "
+              "instead of the embeddings; `dial.domain_loss=mmd` replaces the critic's W by multi-kernel MMD² (no "
+              "critic: its W columns hold MMD², and its critic slope is empty). A variant run at every seed and λ of "
+              "the grid gets its λ chosen by both "
               "rules (last column) and the bars below.", "",
               "| setting | variant | λ | n | target_val | target_test | source check | W first → last | W falls | "
               "critic slope | balance | Δ vs source-only [95 %] | chosen by |",
@@ -722,8 +724,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
 
 
 def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
-  first = _mean_of(runs, lambda r: _history(r, "wasserstein", 0))
-  last = _mean_of(runs, lambda r: _history(r, "wasserstein"))
+  first = _mean_of(runs, lambda r: selection.domain_gap(r, 0))
+  last = _mean_of(runs, lambda r: selection.domain_gap(r))
   falls = [selection.w_falls(r) for r in runs]
 
   def ratio(r):

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 # Metrics whose first and last logged values a row keeps (report tables, selection.w_falls).
-HISTORY_KEYS = ("loss", "source_loss", "source_accuracy", "wasserstein", "critic_slope", "critic_input_scale",
-                "gradient_penalty", "balance/source_grad_norm", "balance/domain_grad_norm")
+HISTORY_KEYS = ("loss", "source_loss", "source_accuracy", "wasserstein", "domain_gap", "critic_slope",
+                "critic_input_scale", "gradient_penalty", "balance/source_grad_norm", "balance/domain_grad_norm")
 _SIGN = {"1": 1.0, "0": -1.0, "h": 0.0}
 
 

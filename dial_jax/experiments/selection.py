@@ -31,10 +31,34 @@ def _mean(values) -> float:
   return float(np.mean(values)) if values else float("nan")
 
 
+def _domain_loss_of(row: dict) -> str | None:
+  """The run's domain loss: its variant's override, else the run spec's."""
+  overrides = dict(o.partition("=")[::2] for o in filter(None, row.get("variant", "").split(",")))
+  return overrides.get("dial.domain_loss", row.get("domain_loss"))
+
+
+def domain_gap(row: dict, which: int = -1) -> float | None:
+  """The domain gap the run's domain loss estimated (W for WDGRL, MMD² for MMD, ...) in its first (``which=0``) or
+  last logged window; None when it had none (source-only, oracle, DANN).
+
+  Rows made before ``domain_gap`` was logged keep only ``wasserstein``; those of MMD or CORAL runs keep neither,
+  and their gap is ``(loss - source_loss) / lambda``: how the DIAL step forms its loss (no lambda warm-up and no
+  auxiliary loss in the grids)."""
+  for key in ("domain_gap", "wasserstein"):
+    value = row_format.history_value(row, key, which)
+    if value is not None:
+      return value
+  if row.get("mode") == "dial" and _domain_loss_of(row) in ("mmd", "coral") and row.get("lambda"):
+    loss, source = row_format.history_value(row, "loss", which), row_format.history_value(row, "source_loss", which)
+    if loss is not None and source is not None:
+      return (loss - source) / row["lambda"]
+  return None
+
+
 def w_falls(row: dict) -> bool:
-  """Whether the critic's W estimate of the run's last logged window is below that of its first."""
-  first, last = row_format.history_value(row, "wasserstein", 0), row_format.history_value(row, "wasserstein")
-  return first is not None and last < first
+  """Whether the domain gap (the critic's W, or MMD²) of the run's last logged window is below that of its first."""
+  first, last = domain_gap(row, 0), domain_gap(row)
+  return first is not None and last is not None and last < first
 
 
 def source_check(source_only: Sequence[dict]) -> tuple[str, float, float]:

@@ -24,6 +24,11 @@ from dial_jax import config as config_lib
 from dial_jax import losses
 from dial_jax.train.state import TrainState, learning_rate_schedule, merge
 
+# Domain losses whose value estimates a distance between the domains (logged as ``domain_gap``); DANN's is a
+# classifier's cross-entropy, which rises as the domains become harder to tell apart.
+DISTANCE_LOSSES = ("wdgrl", "mmd", "coral")
+
+
 def packing_mode(config: ml_collections.ConfigDict) -> str:
   return config_lib.packing_mode(config)
 
@@ -174,8 +179,10 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
   metrics["monitor/target_loss" if d.mode != "oracle" else "target_loss"] = target_loss
   metrics["monitor/target_accuracy" if d.mode != "oracle" else "target_accuracy"] = _weighted_accuracy(
       r_tc, r_tr, target_weight)
-  if d.domain_loss == "wdgrl" and config_lib.domain_loss_active(config):
-    metrics["wasserstein"] = domain
+  if d.domain_loss in DISTANCE_LOSSES and config_lib.domain_loss_active(config):
+    metrics["domain_gap"] = domain  # the estimated distance between the domains, whatever the loss measures it with
+    if d.domain_loss == "wdgrl":
+      metrics["wasserstein"] = domain
   return loss, (metrics, critic_vars, critic_opt_state)
 
 
