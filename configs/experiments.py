@@ -2,6 +2,7 @@
 
   python -m dial_jax.experiments --config=configs/experiments.py            # the full grid (resumable)
   python -m dial_jax.experiments --config=configs/experiments.py:lpft --report=experiments/lpft/REPORT.md
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp2 --report=experiments/lpft_sp2/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:essays512 --report=experiments/essays512/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_all --report=experiments/lpft_all/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp --report=experiments/lpft_sp/REPORT.md
@@ -82,6 +83,11 @@ def get_config(arg=None):
                                           "dial.align=pair_differences,dial.domain_loss=mmd",
                                           "dial.domain_loss=mmd") for lam in c.lambdas)
     c.variant_seeds = c.seeds
+  elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
+    c = get_config("lpft_sp")
+    c.top_layers = 2
+    c.train_config.train.top_k_layers = c.top_layers
+    c.variants = ()
   elif arg == "essays512":  # simple-to-complex alone with 512-token inputs: 256 tokens cut 94 % of the essays
     c.settings = ("simple_to_complex",)
     c.setting_overrides = ml_collections.ConfigDict(
@@ -101,6 +107,6 @@ def get_config(arg=None):
     c.train_config.train.log_every = 1
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
-    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'essays512' or 'quick'")
+    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

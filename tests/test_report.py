@@ -329,5 +329,19 @@ def test_two_grids_never_share_an_embeddings_file():
   """Run ids repeat across grids (same setting, mode, lambda, seed), so the saved embeddings are kept per grid."""
   from configs import experiments
   spec = runner.RunSpec("few_shot", "dial", "wdgrl", 10.0, 5e-5, 0)
-  paths = {runner.embeddings_path(experiments.get_config(arg), spec) for arg in ("", "lpft", "lpft_all", "lpft_sp", "essays512")}
-  assert len(paths) == 5
+  presets = ("", "lpft", "lpft_all", "lpft_sp", "lpft_sp2", "essays512")
+  paths = {runner.embeddings_path(experiments.get_config(arg), spec) for arg in presets}
+  assert len(paths) == len(presets)
+
+
+def test_each_preset_writes_its_own_report_by_default(tmp_path):
+  """Running a preset (CI's :quick included) must not overwrite the default grid's committed report and figures."""
+  from configs import experiments
+  paths = {arg: report.default_path(experiments.get_config(arg)) for arg in ("", "lpft_sp", "lpft_sp2", "quick")}
+  assert paths[""] == Path("experiments/REPORT.md")
+  assert paths["lpft_sp"] == Path("experiments/lpft_sp/REPORT.md")
+  assert paths["quick"] == Path("experiments/quick/REPORT.md")
+  assert len(set(paths.values())) == len(paths)
+  exp = experiments.get_config("quick")
+  exp.results = str(tmp_path / "r" / "results.jsonl")
+  assert report.default_path(exp) == tmp_path / "r" / "quick" / "REPORT.md"

@@ -14,7 +14,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/experiments.py", "Experiment grid config.", lock_config=False)
 flags.DEFINE_list("settings", [], "Only these settings (default: all in the config).")
 flags.DEFINE_integer("max_runs", 0, "Stop after this many runs (0 = all missing runs).")
-flags.DEFINE_string("report", "experiments/REPORT.md", "Where to write the report ('' = do not write).")
+flags.DEFINE_string("report", None, "Where to write the report ('' = do not write; default: the preset's own, "
+                    "experiments/<preset>/REPORT.md beside the results file, experiments/REPORT.md for the default).")
 
 
 def main(argv):
@@ -22,8 +23,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   n = runner.run_grid(FLAGS.config, only_settings=FLAGS.settings, max_runs=FLAGS.max_runs)
   logging.info("%d runs made", n)
-  if FLAGS.report:
-    report.write_report(FLAGS.config, FLAGS.report)
+  path = report.default_path(FLAGS.config) if FLAGS.report is None else FLAGS.report
+  if path:
+    report.write_report(FLAGS.config, str(path))
 
 
 if __name__ == "__main__":

@@ -744,6 +744,15 @@ def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
           sig(_mean_of(runs, lambda r: _history(r, "critic_slope"))), sig(_mean_of(runs, ratio))]
 
 
+def default_path(exp: ml_collections.ConfigDict) -> Path:
+  """Where a grid's report goes unless told: beside its results file, in a folder named after its preset
+  (``experiments/REPORT.md`` for the default grid, ``experiments/lpft_sp/REPORT.md`` for ``:lpft_sp``), so running one
+  preset never overwrites another's report and figures."""
+  folder = Path(exp.results).parent
+  preset = exp.get("preset", "")
+  return folder / preset / "REPORT.md" if preset else folder / "REPORT.md"
+
+
 def write_report(exp: ml_collections.ConfigDict, path: str, *, num_samples: int = BOOTSTRAP_SAMPLES) -> str:
   """Write the report of the rows made under ``exp``'s grid (other rows in the file are ignored) and its figures
   (``figures/`` beside ``path``); returns the markdown."""
@@ -778,7 +787,7 @@ def main(argv):
   exp = FLAGS.config
   if FLAGS.results:
     exp.results = FLAGS.results
-  write_report(exp, FLAGS.out)
+  write_report(exp, FLAGS.out or str(default_path(exp)))
 
 
 if __name__ == "__main__":
@@ -787,6 +796,7 @@ if __name__ == "__main__":
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file("config", "configs/experiments.py", "Experiment grid config.", lock_config=False)
   flags.DEFINE_string("results", "", "Results file (default: the config's `results`).")
-  flags.DEFINE_string("out", "experiments/REPORT.md", "Output markdown file (figures go to figures/ beside it).")
+  flags.DEFINE_string("out", "", "Output markdown file (figures go to figures/ beside it; default: the preset's "
+                      "own, experiments/<preset>/REPORT.md, experiments/REPORT.md for the default grid).")
   flags.DEFINE_alias("report", "out")
   app.run(main)
