@@ -345,3 +345,14 @@ def test_each_preset_writes_its_own_report_by_default(tmp_path):
   exp = experiments.get_config("quick")
   exp.results = str(tmp_path / "r" / "results.jsonl")
   assert report.default_path(exp) == tmp_path / "r" / "quick" / "REPORT.md"
+
+
+def test_balance_curves_count_only_runs_that_kept_their_history():
+  """Legends say how many runs a curve averages: a row whose history file is gone (e.g. a run made on a machine
+  whose gitignored artifacts were lost) is not counted, and runs are averaged on their common steps."""
+  rows = [{"history": [{"step": 10, "w": 1.0}, {"step": 20, "w": 3.0}]},
+          {"history": [{"step": 10, "w": 3.0}, {"step": 20, "w": 5.0}, {"step": 30, "w": 9.0}]},
+          {"history": []}, {}]
+  steps, mean, n = report._curve(rows, "w")
+  assert n == 2 and steps.tolist() == [10, 20] and mean.tolist() == [2.0, 4.0]
+  assert report._curve([{}, {"history": []}], "w") is None

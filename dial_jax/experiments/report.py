@@ -397,13 +397,16 @@ def _legend(ax, **kw) -> None:
 
 
 def _curve(rows: list[dict], key: str):
-  """(steps, mean over runs) of a history key (runs aligned on their common steps); None when absent."""
+  """(steps, mean over runs, number of runs with that history) of a history key (runs aligned on their common
+  steps); None when absent. Rows whose history file is gone count as absent, so legends state what is averaged."""
   series = [{h["step"]: h[key] for h in r.get("history", []) if h.get(key) is not None} for r in rows]
   series = [x for x in series if x]
   if not series:
     return None
   steps = sorted(set.intersection(*(set(x) for x in series)))
-  return (np.asarray(steps), np.asarray([np.mean([x[t] for x in series]) for t in steps])) if steps else None
+  if not steps:
+    return None
+  return np.asarray(steps), np.asarray([np.mean([x[t] for x in series]) for t in steps]), len(series)
 
 
 def balance_figure(summary: dict, path: Path) -> bool:
@@ -429,7 +432,7 @@ def balance_figure(summary: dict, path: Path) -> bool:
         (dial, "balance/domain_grad_norm", f"{tag}: ‖∇ λ·domain loss‖", "C1--")):
       c = _curve(rows, key)
       if c is not None:
-        ax.plot(*c, style, label=f"{label} (n={len(rows)})")
+        ax.plot(*c[:2], style, label=f"{label} (n={c[2]})")
     ax.set_yscale("log")
     ax.set_title(TITLES[setting], fontsize=9)
     ax.set_ylabel("gradient norm w.r.t. embeddings", fontsize=8)
@@ -440,7 +443,7 @@ def balance_figure(summary: dict, path: Path) -> bool:
       for lam_k, rows in sorted(s["dial"].items()):
         c = _curve(rows, key)
         if c is not None:
-          ax.plot(*c, lw=2.2 if lam_k == lam else 1.0, label=f"DIAL λ={lam_k:g} (n={len(rows)})"
+          ax.plot(*c[:2], lw=2.2 if lam_k == lam else 1.0, label=f"DIAL λ={lam_k:g} (n={c[2]})"
                   + (" chosen" if lam_k == lam else ""))
       if i == 1:
         ax.axhline(1.0, color="gray", lw=0.8, ls=":")
