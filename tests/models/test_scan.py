@@ -117,10 +117,13 @@ def test_scanned_equals_unrolled_packed_and_hidden_states(tiny):
   ids, mask = random_batch([7, 12], 16, pad_id=0, padding_side="right", seed=2)
   h0, all0 = m0.apply(v0, ids, mask, method=m0.hidden_states)
   h1, all1 = m1.apply(v1, ids, mask, method=m1.hidden_states)
-  np.testing.assert_allclose(h1, h0, **TOL)
+  # Hidden states of O(1)-O(10): float32 summation order (scan vs unrolled fusions, CPU model) moves single entries by
+  # ~1e-5 absolute (seen: 1.2e-5 on an AMD EPYC host), so compare to 1e-5 of the tensor's largest entry.
+  scaled = lambda x: dict(rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(x).max())))
+  np.testing.assert_allclose(h1, h0, **scaled(h0))
   assert len(all1) == len(all0) == m0.config.num_layers + 1
   for x0, x1 in zip(all0, all1):
-    np.testing.assert_allclose(x1, x0, **TOL)
+    np.testing.assert_allclose(x1, x0, **scaled(x0))
 
 
 def test_export_of_a_scanned_model_round_trips(tiny, tmp_path):
