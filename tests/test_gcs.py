@@ -384,6 +384,7 @@ def test_lock_in_a_bucket(gcs_emulator):
   second.release()
 
 
+@pytest.mark.slow  # CI: one process saving to and resuming from the bucket; tests/test_parallel.py: two processes
 def test_two_processes_save_to_and_resume_from_a_gs_workdir(gcs_emulator, dirs, bucket_data, tmp_path):
   """2 processes (jax.distributed, gloo on CPU, 1 device each) write one run into gs://bucket/two, checkpointing
   every step; rerun with one more step, they resume from its last checkpoint. The prepared data is read from the

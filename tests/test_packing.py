@@ -86,8 +86,9 @@ SHARING = {"data.setting": "simple_to_complex", "data.max_length": 256}
 
 @pytest.mark.parametrize("overrides", [
     SHARING,
-    {"data.max_length": 128, "train.batch_size": 4, "train.grad_accum_steps": 2, "model.last_token_only": False},
-    {**SHARING, "dial.mode": "oracle", "data.pack_rows_multiple": 4},
+    pytest.param({"data.max_length": 128, "train.batch_size": 4, "train.grad_accum_steps": 2,
+                  "model.last_token_only": False}, marks=pytest.mark.slow),
+    pytest.param({**SHARING, "dial.mode": "oracle", "data.pack_rows_multiple": 4}, marks=pytest.mark.slow),
 ])
 def test_packing_does_not_change_losses_or_updates(dirs, overrides):
   """data.packing sequences / shared_prefix vs none: same losses, W, critic loss, gradient norm and parameters after

@@ -113,6 +113,7 @@ def test_checkpoint_restores_onto_another_mesh(mesh_runs):
   assert restore["restored_equal"]
 
 
+@pytest.mark.slow  # CI runs two processes with packed batches below
 def test_two_processes_match_one(dirs, mesh_runs):
   """2 local processes (gloo on CPU), 2 devices each, data-parallel over 4 devices: same losses as 1 process."""
   with socket.socket() as s:
@@ -126,7 +127,7 @@ def test_two_processes_match_one(dirs, mesh_runs):
   assert_same_run(mesh_runs[0], result)
 
 
-@pytest.mark.parametrize("packing", ["sequences", "shared_prefix"])
+@pytest.mark.parametrize("packing", [pytest.param("sequences", marks=pytest.mark.slow), "shared_prefix"])
 def test_packed_batches_on_a_mesh_and_two_processes_match_one_device(dirs, mesh_runs, packing):
   """data.packing on 8 devices (data x fsdp) and with 2 processes (each packs its own pairs into its own rows; the step
   maps every sequence's slot to the global rows): the single-device padded run's losses and parameters."""

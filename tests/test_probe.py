@@ -65,7 +65,8 @@ def tiny(tmp_path_factory):
   return helpers.tiny_model_and_data(tmp_path_factory, "probe")
 
 
-@pytest.mark.parametrize("mode,cap", [("source_only", 0), ("oracle", 0), ("source_only", 3)])
+@pytest.mark.parametrize("mode,cap", [("source_only", 0), pytest.param("oracle", 0, marks=pytest.mark.slow),
+                                      ("source_only", 3)])
 def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode, cap):
   """``cap``: ``model.probe_max_pairs``, the probe fits a seeded draw of that many pairs (``pipeline.take``)."""
   config = helpers.tiny_config(*tiny, **{"model.head_init": "probe", "dial.mode": mode, "dial.lambda_": 0.0,

@@ -148,7 +148,9 @@ def test_pair_differences_is_what_the_step_aligns(dirs):
     assert m["loss"] == pytest.approx(m["source_loss"] + m["domain_weight"] * m["domain_loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("domain_loss", ["wdgrl", "mmd", "coral", "dann"])
+# CI: WDGRL; the other losses train in test_every_option_trains, and log their gap here in the full run
+@pytest.mark.parametrize("domain_loss", ["wdgrl", *(pytest.param(d, marks=pytest.mark.slow)
+                                                    for d in ("mmd", "coral", "dann"))])
 def test_domain_gap_is_logged_for_the_distance_losses(dirs, domain_loss):
   """``domain_gap`` (what the label-free lambda rule reads) is the distance the domain loss estimated: W for WDGRL,
   MMD² or CORAL's value; DANN's loss is a classifier's cross-entropy, not a distance, so it logs none."""
@@ -169,9 +171,9 @@ def test_domain_gap_is_logged_for_the_distance_losses(dirs, domain_loss):
     {"dial.domain_loss": "mmd", "dial.mode": "oracle", "dial.aux": "source_sft"},
     {"dial.domain_loss": "coral", "dial.aux": "target_ntp", "train.trainable": "top_k", "train.top_k_layers": 1},
     {"dial.domain_loss": "dann", "train.trainable": "full", "dial.lambda_warmup_steps": 2},
-    {"dial.critic_activation": "gelu", "data.setting": "simple_to_complex"},
-    {"dial.domain_loss": "dann", "dial.align": "pair_differences", "dial.critic_activation": "relu",
-     "data.setting": "simple_to_complex"},
+    pytest.param({"dial.critic_activation": "gelu", "data.setting": "simple_to_complex"}, marks=pytest.mark.slow),
+    pytest.param({"dial.domain_loss": "dann", "dial.align": "pair_differences", "dial.critic_activation": "relu",
+                  "data.setting": "simple_to_complex"}, marks=pytest.mark.slow),
 ])
 def test_every_option_trains(dirs, overrides):
   config = helpers.tiny_config(*dirs, **overrides)
@@ -192,7 +194,7 @@ def test_every_option_trains(dirs, overrides):
                                       rel=1e-5)
 
 
-@pytest.mark.parametrize("trainable", ["lora", "full"])
+@pytest.mark.parametrize("trainable", ["lora", pytest.param("full", marks=pytest.mark.slow)])
 def test_last_token_only_does_not_change_losses_or_updates(dirs, trainable):
   """model.last_token_only (final layer on the last real token only) is a pure speed-up: same losses, W,
   gradient norms and parameters after 3 steps (float32, 1e-5)."""
