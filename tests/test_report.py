@@ -215,6 +215,19 @@ def test_report_text_bars_and_figures(grid, tmp_path):
   assert "label-free λ: DIAL's mean above source-only in 1/2 settings (bar: all) — **not met** (fails in: " \
          "simple-to-complex)" in bars
   assert "target_val λ: DIAL's mean above source-only in 2/2 settings (bar: all) — **met**" in bars
+  # The same Δ with the seeds resampled too: its own table (same Δ and examples-only interval as the main table,
+  # per-seed Δs from the rows) and a tally that is not one of the bars.
+  d = report.delta_interval(*[[r for r in rows if r["setting"] == "few_shot" and not r["variant"] and
+                               r["mode"] == m and r["lambda"] == lam] for m, lam in (("source_only", 0.0),
+                                                                                     ("dial", 10.0))], None,
+                            num_samples=200)
+  seeds_table = text.split("### Δ with the training seeds resampled too")[1].split("## Issue 13's bars")[0]
+  assert (f"| few-shot-to-full (TL;DR) | DIAL | label-free | 10 | {d['delta']:+.3f} (n=3) | [{d['lo']:+.3f}, "
+          f"{d['hi']:+.3f}] | [{d['lo_seeds']:+.3f}, {d['hi_seeds']:+.3f}] |") in seeds_table
+  assert f"{d['lo']:+.3f}, {d['hi']:+.3f}] (n=3)" in fs[0]
+  assert np.allclose(d["per_seed"], np.subtract(TEST["few_shot"]["dial10"], TEST["few_shot"]["source_only"]),
+                     atol=0.01)
+  assert "Not one of issue 13's bars: with the training seeds resampled too" in bars
   per_lambda = text.split("## What each selection rule saw")[1].split("## Variants")[0]
   assert "| few-shot-to-full (TL;DR) | DIAL λ=10 | 3 | 0.650 | 0.720 | 0.890 | 2.00 → 1.00 | 3/3 | 1.02 | 1 " \
          "| label-free |" in per_lambda
@@ -356,3 +369,31 @@ def test_balance_curves_count_only_runs_that_kept_their_history():
   steps, mean, n = report._curve(rows, "w")
   assert n == 2 and steps.tolist() == [10, 20] and mean.tolist() == [2.0, 4.0]
   assert report._curve([{}, {"history": []}], "w") is None
+
+
+def test_intervals_page_covers_every_grid_and_never_overwrites_a_foreign_file(grid, tmp_path):
+  """The all-grids page: each grid's section with both intervals (the same as its report's), the default grid under
+  its own name, a grid without rows said to have none; the CLI refuses to replace a file it did not write."""
+  import subprocess
+  import sys
+  from dial_jax.experiments import intervals
+  exp, rows, truth = grid
+  exp.preset = ""
+  empty = _exp(tmp_path / "other")
+  empty.preset = "lpft"
+  text = intervals.render([exp, empty], num_samples=200)
+  so = [r for r in rows if r["setting"] == "simple_to_complex" and r["mode"] == "source_only"]
+  d1 = [r for r in rows if r["setting"] == "simple_to_complex" and r["mode"] == "dial" and r["lambda"] == 1.0
+        and not r["variant"]]
+  d = report.delta_interval(so, d1, truth, num_samples=200)
+  assert "## the default grid (grid `" in text and "## `:lpft` (grid `" in text
+  assert (f"| simple-to-complex (UKPConvArg -> ASAP) | DIAL | label-free | 1 | {d['delta']:+.3f} (n=3) "
+          f"| [{d['lo']:+.3f}, {d['hi']:+.3f}] | [{d['lo_seeds']:+.3f}, {d['hi_seeds']:+.3f}] |") in text
+  assert "No runs of this grid in" in text.split("`:lpft`")[1]
+  foreign = tmp_path / "mine.md"
+  foreign.write_text("my notes\n")
+  proc = subprocess.run([sys.executable, "-m", "dial_jax.experiments.intervals", "--presets=quick",
+                         f"--results={exp.results}", f"--out={foreign}"], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parents[1])
+  assert proc.returncode != 0 and "is not a page this tool wrote; pass --overwrite" in proc.stderr
+  assert foreign.read_text() == "my notes\n"

@@ -1,4 +1,5 @@
-"""Choosing DIAL's lambda from finished runs, and the paired bootstrap of the gain over source-only.
+"""Choosing DIAL's lambda from finished runs, and the paired bootstrap of the gain over source-only (test examples
+resampled; optionally the training seeds too).
 
 Two rules, both over runs averaged across seeds, never reading ``target_test``:
 
@@ -92,22 +93,43 @@ def target_val_lambda(dial: dict[float, Sequence[dict]]) -> float | None:
   return max(scored)[2] if scored else None
 
 
-def paired_bootstrap(a_scores: Sequence[Sequence[float]], b_scores: Sequence[Sequence[float]], metric,
-                     targets=None, *, num_samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-  """(mean difference, 2.5 %, 97.5 %) of ``metric(b) - metric(a)`` averaged over runs paired by seed
-  (``a_scores[i]``, ``b_scores[i]`` are the per-example scores of seed i on the same examples); examples are
-  resampled (the same indices for every run). ``metric(scores, targets)``: e.g. accuracy of margins, or Pearson
-  of rewards with ``targets``."""
+def per_run_draws(a_scores: Sequence[Sequence[float]], b_scores: Sequence[Sequence[float]], metric, targets=None,
+                  *, num_samples: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Per-run ``metric(b) - metric(a)`` for runs paired by seed (``a_scores[i]``, ``b_scores[i]``: the per-example
+  scores of seed i on the same examples): on every example ([runs]) and on ``num_samples`` resamples of the examples,
+  the same indices for every run ([num_samples, runs]). ``metric(scores, targets)``: e.g. accuracy of margins, or
+  Pearson of rewards with ``targets``."""
   a, b = np.asarray(a_scores, np.float64), np.asarray(b_scores, np.float64)
   if a.shape != b.shape or a.ndim != 2:
     raise ValueError(f"paired runs need equal [runs, examples] shapes, got {a.shape} and {b.shape}")
   t = None if targets is None else np.asarray(targets, np.float64)
-  stat = lambda idx: float(np.mean([metric(b[i][idx], None if t is None else t[idx])
-                                    - metric(a[i][idx], None if t is None else t[idx]) for i in range(len(a))]))
+  per_run = lambda idx: np.array([metric(b[i][idx], None if t is None else t[idx])
+                                  - metric(a[i][idx], None if t is None else t[idx]) for i in range(len(a))])
   n = a.shape[1]
   rng = np.random.default_rng(seed)
-  draws = [stat(rng.integers(0, n, n)) for _ in range(num_samples)]
-  return stat(np.arange(n)), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+  return per_run(np.arange(n)), np.stack([per_run(rng.integers(0, n, n)) for _ in range(num_samples)])
+
+
+def interval(full: np.ndarray, draws: np.ndarray, *, resample_runs: bool = False,
+             seed: int = 0) -> tuple[float, float, float]:
+  """(mean over runs, 2.5 %, 97.5 %) from ``per_run_draws``. By default the runs are fixed and only the examples
+  vary: how sure these runs' Δ is on other test examples. ``resample_runs`` also draws the runs with replacement in
+  each resample (a two-level bootstrap), so the interval covers the spread between training seeds too."""
+  means = draws.mean(axis=1)
+  if resample_runs:
+    k = draws.shape[1]
+    pick = np.random.default_rng([seed, 1]).integers(0, k, draws.shape)
+    means = np.take_along_axis(draws, pick, axis=1).mean(axis=1)
+  return float(full.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_bootstrap(a_scores: Sequence[Sequence[float]], b_scores: Sequence[Sequence[float]], metric,
+                     targets=None, *, num_samples: int = 2000, seed: int = 0,
+                     resample_runs: bool = False) -> tuple[float, float, float]:
+  """(mean difference, 2.5 %, 97.5 %) of ``metric(b) - metric(a)`` averaged over runs paired by seed; examples are
+  resampled (the same indices for every run), and with ``resample_runs`` the runs too (``interval``)."""
+  return interval(*per_run_draws(a_scores, b_scores, metric, targets, num_samples=num_samples, seed=seed),
+                  resample_runs=resample_runs, seed=seed)
 
 
 def accuracy_of_margins(margins, _targets=None) -> float:
