@@ -676,13 +676,14 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
   if bad:
     lines += ["", f"Runs left out of the Δ intervals because their test scores do not reproduce their recorded "
               f"metric (or the true scores are missing): {', '.join(bad)}."]
-  if len(seed_interval_lines(summary)) > 2:
+  seeds_table = seed_interval_lines(summary)
+  if len(seeds_table) > 2:
     lines += ["", "### Δ with the training seeds resampled too", "",
               "The intervals above resample target_test examples and keep the runs fixed, as issue 13 defines them: "
               "they say how sure these runs' Δ is on other test examples, not how DIAL compares with source-only "
               "over other training seeds. The two-level bootstrap here also draws the seeds with replacement in "
-              "each resample (the same example draws; `selection.interval`). With 5 seeds it is coarse; it is the "
-              "stricter reading. The bars below use the first interval.", ""] + seed_interval_lines(summary)
+              f"each resample (the same example draws; `selection.interval`). With {len(exp.seeds)} seeds it is "
+              "coarse; it is the stricter reading. The bars below use the first interval.", ""] + seeds_table
   if figures.get("target"):
     lines += ["", f"![target metric per setting and method]({figures['target']})", "",
               "Bars: mean over seeds; error bars: sample std over seeds (none when n=1); black triangles "
