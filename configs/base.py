@@ -29,7 +29,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.max_length = 128          # CPU preset
   c.data.truncation = "end"         # end: a long text keeps its last tokens (the response); start: its first
   c.data.min_bucket = 64            # padded lengths are powers of two from here up to max_length
-  c.data.packing = "auto"           # auto (= shared_prefix where supported, else none) | none | sequences | shared_prefix
+  # auto (= shared_prefix where supported, else none) | none | sequences | shared_prefix
+  c.data.packing = "auto"
   c.data.pack_row_length = 0        # packed row length; 0 = max_length
   c.data.pack_rows_multiple = 1     # packed row count rounded up to a multiple of this (fewer compiled shapes)
   c.data.skip_bad_rows = False

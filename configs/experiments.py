@@ -107,6 +107,7 @@ def get_config(arg=None):
     c.train_config.train.log_every = 1
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
-    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp2', 'essays512' or 'quick'")
+    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp2', 'essays512' "
+                     "or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

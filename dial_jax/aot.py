@@ -126,7 +126,8 @@ def abstract_train_state(model: RewardModel, config: ml_collections.ConfigDict, 
 def per_chip_bytes(abstract, shardings) -> int:
   """Bytes one device holds of a tree of abstract arrays under ``shardings`` (the largest shard)."""
   total = 0
-  for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))):
+  is_sharding = lambda x: isinstance(x, NamedSharding)
+  for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings, is_leaf=is_sharding)):
     total += math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
   return total
 

@@ -140,7 +140,9 @@ def _close_matches(key: str) -> str:
   same = sorted(k for k in RULES if k.startswith(section + "."))
   if near:
     return f"; did you mean {', '.join(near)}?"
-  return f"; keys of {section!r}: {', '.join(same)}" if same else f"; sections: {sorted({k.split('.')[0] for k in RULES})}"
+  if same:
+    return f"; keys of {section!r}: {', '.join(same)}"
+  return f"; sections: {sorted({k.split('.')[0] for k in RULES})}"
 
 
 def unknown_key_message(key: str) -> str:

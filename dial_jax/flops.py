@@ -46,7 +46,8 @@ def model_flops(cfg: dict, lengths, *, lora_rank: int, lora_targets, trainable: 
     if last:
       pairs += sum(attn_pairs(lc, w, True) + attn_pairs(lr, w, True) for lc, lr, _ in groups)
     else:
-      pairs += sum(attn_pairs(lc, w, False) + attn_pairs(lr, w, False) - attn_pairs(k, w, False) for lc, lr, k in groups)
+      pairs += sum(attn_pairs(lc, w, False) + attn_pairs(lr, w, False) - attn_pairs(k, w, False)
+                   for lc, lr, k in groups)
     a = 4 * heads * hd * pairs
     fwd, bwd, attn = fwd + a, bwd + 2 * a, attn + 3 * a
   return {"total": fwd + bwd, "forward": fwd, "backward": bwd, "attention": attn, "tokens": tokens}

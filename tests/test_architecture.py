@@ -126,7 +126,8 @@ def test_every_base_key_has_a_rule_and_the_base_config_validates():
 
 @pytest.mark.parametrize("key,value,message", [
     ("train.nonsense", 1, r"unknown config key 'train.nonsense'; did you mean"),
-    ("dial.mode", "dail", r"config key dial.mode='dail' is invalid: must be one of \('dial', 'source_only', 'oracle'\)"),
+    ("dial.mode", "dail",
+     r"config key dial.mode='dail' is invalid: must be one of \('dial', 'source_only', 'oracle'\)"),
     ("train.learning_rate", -1.0, r"train.learning_rate=-1.0 is invalid: must be > 0"),
     ("dial.align", "differences", r"dial.align='differences' is invalid: must be one of \('embeddings', "
                                   r"'pair_differences'\)"),

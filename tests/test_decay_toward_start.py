@@ -67,7 +67,8 @@ def test_a_run_saved_before_the_key_existed_resumes_and_a_different_target_does_
   loop.check_resume(saved, base.get_base_config(), tmp_path)  # the added keys at their old behaviour: accepted
   changed = base.get_base_config()
   changed.train.weight_decay_target = "start"
-  with pytest.raises(config_lib.ConfigError, match=r"holds another run \(train.weight_decay_target: 'zero' -> 'start'\)"):
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"holds another run \(train.weight_decay_target: 'zero' -> 'start'\)"):
     loop.check_resume(saved, changed, tmp_path)
 
 

@@ -93,7 +93,8 @@ def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode, cap
   np.testing.assert_allclose(np.asarray(after["params"]["score"]["kernel"])[:, 0], coef, rtol=1e-5, atol=1e-7)
   # Only the head changed, and the new model's margins are the probe's (its Bradley-Terry loss is the lower one).
   flat_before, flat_after = dict(helpers.flatten(before)), dict(helpers.flatten(after))
-  assert [k for k in flat_before if not np.array_equal(flat_before[k], flat_after[k])] == [("params", "score", "kernel")]
+  changed = [k for k in flat_before if not np.array_equal(flat_before[k], flat_after[k])]
+  assert changed == [("params", "score", "kernel")]
   x = diffs(fit_domain)[0]
   margins = lambda v: (lambda r: r[:len(fit_domain)] - r[len(fit_domain):])(Scorer(
       model, v, None, batch_size=8, max_length=64).score_tokens(list(fit_domain.chosen) + list(fit_domain.rejected)))

@@ -79,7 +79,8 @@ def test_step_matches_reference(setup):
     moved += int(np.abs(d_torch).max() > 0.5)
   assert moved > 0
 
-  c_start, c_new = tr.critic_as_torch(ran["start"]["critic"]["params"]), tr.critic_as_torch(ran["new"]["critic"]["params"])
+  c_start = tr.critic_as_torch(ran["start"]["critic"]["params"])
+  c_new = tr.critic_as_torch(ran["new"]["critic"]["params"])
   c_torch = tr.critic_params(ref.critic)
   c_lr = config.dial.critic_learning_rate
   for name in c_new:

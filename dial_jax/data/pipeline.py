@@ -97,7 +97,8 @@ def load_domain(path: str | Path, tokenizer, max_length: int, *, skip_bad_rows: 
     ds = ds.select(subset_indices(groups, limit, seed))
   domain = Domain(name=path.stem, kind=kind, n_skipped=skipped)
   if kind == "pairs":
-    domain.chosen = tokenize.encode(tokenizer, [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_chosen"])],
+    domain.chosen = tokenize.encode(tokenizer,
+                                    [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_chosen"])],
                                     max_length, truncation)
     domain.rejected = tokenize.encode(
         tokenizer, [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_rejected"])], max_length,

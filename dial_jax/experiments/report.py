@@ -185,8 +185,9 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | N
       if set(runs_by_lam) == set(exp.lambdas) and tuple(exp.variant_seeds) == tuple(exp.seeds):
         ch = {"label_free": selection.label_free_lambda(so, runs_by_lam),
               "target_val": selection.target_val_lambda(runs_by_lam)}
+        chosen = set(ch.values()) - {None}
         variant_methods[variant] = {"dial": runs_by_lam, "choice": ch,
-                                    "deltas": {lam: variant_deltas[(variant, lam)] for lam in set(ch.values()) - {None}}}
+                                    "deltas": {lam: variant_deltas[(variant, lam)] for lam in chosen}}
     max_length, truncation = runner.setting_options(exp, setting)
     done = {r["run_id"] for r in mine}
     expected = [s.run_id for s in runner.grid(exp, setting)]

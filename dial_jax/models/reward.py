@@ -51,8 +51,9 @@ class RewardModel(nn.Module):
   def setup(self):
     self.backbone = Decoder(self.config, self.lora, self.dtype, self.param_dtype, self.remat_policy,
                             scan_layers=self.scan_layers, attention=self.attention, mesh=self.mesh)
+    # The head's kernel is replicated on every device.
     self.score = nn.Dense(1, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
-                          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)))  # replicated
+                          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)))
 
   def __call__(self, input_ids, attention_mask, *, return_hidden: bool = False):
     if self.last_token_only and self.pooling == "last" and not return_hidden:

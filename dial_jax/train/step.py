@@ -230,8 +230,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic,
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & params_finite
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
-      step=state.step + 1, rng=rng, trainable=keep(trainable, state.trainable), opt_state=keep(opt_state, state.opt_state),
-      critic=keep(critic_vars, state.critic), critic_opt_state=keep(critic_opt_state, state.critic_opt_state))
+      step=state.step + 1, rng=rng, trainable=keep(trainable, state.trainable),
+      opt_state=keep(opt_state, state.opt_state), critic=keep(critic_vars, state.critic),
+      critic_opt_state=keep(critic_opt_state, state.critic_opt_state))
   metrics.update(grad_norm=grad_norm, learning_rate=learning_rate_schedule(config)(state.step), domain_weight=lam,
                  nonfinite=(~finite).astype(jnp.int32))
   return new_state, metrics
