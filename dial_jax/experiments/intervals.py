@@ -63,7 +63,12 @@ def render(grids: list[ml_collections.ConfigDict], *, num_samples: int = report.
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  grids = [load_grid(FLAGS.config_file, p) for p in FLAGS.presets]
+  if not Path(FLAGS.config_file).is_file():
+    raise app.UsageError(f"--config_file={FLAGS.config_file}: no such file")
+  try:
+    grids = [load_grid(FLAGS.config_file, p) for p in FLAGS.presets]
+  except ValueError as e:
+    raise app.UsageError(f"--presets: {e}") from None
   for exp in grids:
     if FLAGS.results:
       exp.results = FLAGS.results
