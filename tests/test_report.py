@@ -390,6 +390,17 @@ def test_intervals_page_covers_every_grid_and_never_overwrites_a_foreign_file(gr
   assert (f"| simple-to-complex (UKPConvArg -> ASAP) | DIAL | label-free | 1 | {d['delta']:+.3f} (n=3) "
           f"| [{d['lo']:+.3f}, {d['hi']:+.3f}] | [{d['lo_seeds']:+.3f}, {d['hi_seeds']:+.3f}] |") in text
   assert "No runs of this grid in" in text.split("`:lpft`")[1]
+  # The cross-grid section: source-only's drift from its probe beside DIAL's Δ (few-shot: source-only 0.62 against
+  # a probe of 0.55; DIAL 0.64 at λ 1 and 0.72 at λ 10, the label-free choice); too few cells for a correlation.
+  drift = text.split("## DIAL's Δ against source-only's distance")[1]
+  assert "| default | few-shot-to-full (TL;DR) | +0.070 | +0.020 | +0.100 | +0.100 (λ=10) |" in drift
+  assert "Spearman" not in drift
+  cells = [{"grid": "g", "setting": "few_shot", "drift": x, "delta": {1.0: -x, 10.0: -2 * x}, "label_free": None}
+           for x in (-0.1, -0.05, 0.05, 0.1)]
+  lines = "\n".join(intervals.drift_section(cells, (1.0, 10.0)))
+  assert "Spearman ρ between drift and the mean Δ over λ: -1.00 (n = 4 cells)" in lines
+  assert "mean Δ is above 0 in 2 of 2 cells; where it ends at or above it, in 0 of 2" in lines
+  assert "| g | few-shot-to-full (TL;DR) | -0.100 | +0.100 | +0.200 | none qualifies |" in lines
   foreign = tmp_path / "mine.md"
   foreign.write_text("my notes\n")
   proc = subprocess.run([sys.executable, "-m", "dial_jax.experiments.intervals", "--presets=quick",

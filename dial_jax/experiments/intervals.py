@@ -1,7 +1,8 @@
 r"""Every grid's Δ = DIAL − source-only with two bootstrap intervals on one page: target_test examples resampled (issue
-13's interval, the one each report's bars use) and the training seeds resampled too (the stricter reading). Reads
-only the results file and the data files' target_test scores, so it also covers grids whose saved embeddings (needed
-by their own reports' figures, not here) are gone.
+13's interval, the one each report's bars use) and the training seeds resampled too (the stricter reading); then
+every grid's Δ beside how far its source-only runs ended from the frozen-feature probe. Reads only the results file
+and the data files' target_test scores, so it also covers grids whose saved embeddings (needed by their own reports'
+figures, not here) are gone.
 
   python -m dial_jax.experiments.intervals --presets=default,lpft,lpft_all,lpft_sp,essays512,lpft_sp2 \
       --out=experiments/INTERVALS.md
@@ -12,8 +13,10 @@ import importlib.util
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 from absl import logging
 
+from dial_jax import metrics
 from dial_jax.experiments import report, runner
 
 
@@ -29,17 +32,71 @@ def load_grid(config_file: str, preset: str) -> ml_collections.ConfigDict:
   return exp
 
 
-def grid_section(exp: ml_collections.ConfigDict, *, num_samples: int = report.BOOTSTRAP_SAMPLES) -> list[str]:
-  """One grid's heading, its chosen-λ Δs under both intervals and the tally of the stricter one."""
+def grid_summary(exp: ml_collections.ConfigDict, *, num_samples: int = report.BOOTSTRAP_SAMPLES) -> tuple[list, dict]:
+  """The grid's rows and ``report.summarize`` of them (with the true essay scores where the grid has essays)."""
   rows = report.grid_rows(exp, runner.read_results(exp.results))
+  settings = {r["setting"] for r in rows}
+  truths = {s: report.target_test_truth(exp, s) for s in exp.settings if s in settings}
+  return rows, report.summarize(exp, rows, truths, num_samples=num_samples)
+
+
+def grid_name(exp: ml_collections.ConfigDict) -> str:
+  return f"`:{exp.preset}`" if exp.preset else "default"
+
+
+def grid_section(exp: ml_collections.ConfigDict, rows: list, summary: dict) -> list[str]:
+  """One grid's heading, its chosen-λ Δs under both intervals and the tally of the stricter one."""
   name = f"`:{exp.preset}`" if exp.preset else "the default grid"
   lines = [f"## {name} (grid `{runner.grid_fingerprint(exp)}`, {len(rows)} rows)", ""]
   if not rows:
     return lines + [f"No runs of this grid in `{exp.results}`.", ""]
-  settings = {r["setting"] for r in rows}
-  truths = {s: report.target_test_truth(exp, s) for s in exp.settings if s in settings}
-  summary = report.summarize(exp, rows, truths, num_samples=num_samples)
   return lines + report.seed_interval_lines(summary) + ["", report.seed_interval_tally(exp, summary)[2:], ""]
+
+
+def drift_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
+  """Per complete setting (source-only and every λ at all seeds, frozen probe present): source-only's mean minus
+  its frozen-feature probe, and DIAL's Δ of means at each λ and at the label-free λ."""
+  cells = []
+  mean = lambda runs: float(np.mean([report._test(r) for r in runs]))
+  for setting, s in summary.items():
+    full = len(s["source_only"]) == len(exp.seeds) and all(len(s["dial"].get(lam, [])) == len(exp.seeds)
+                                                            for lam in exp.lambdas)
+    if not full or not s["frozen_source"]:
+      continue
+    so = mean(s["source_only"])
+    lf = s["choice"]["label_free"]
+    cells.append({"grid": grid_name(exp), "setting": setting, "metric": s["metric"],
+                  "drift": so - report._test(s["frozen_source"][0]),
+                  "delta": {lam: mean(s["dial"][lam]) - so for lam in exp.lambdas},
+                  "label_free": lf, "delta_label_free": None if lf is None else mean(s["dial"][lf]) - so})
+  return cells
+
+
+def drift_section(cells: list[dict], lambdas) -> list[str]:
+  """Δ against how far source-only ends from its frozen probe, over every complete (grid, setting) cell."""
+  lines = ["## DIAL's Δ against source-only's distance from its frozen-feature probe, across grids", "",
+           "One row per grid and setting with every run done. Drift = source-only's mean target_test metric minus "
+           "the frozen-feature source probe's (negative: fine-tuning on the source ended below the probe it could "
+           "have kept). Δ = DIAL's mean minus source-only's, at each λ and at the label-free λ. Simple-to-complex "
+           "is in Pearson, the rest in accuracy.", "",
+           "| grid | setting | drift | " + " | ".join(f"Δ λ={lam:g}" for lam in lambdas) + " | Δ label-free λ |",
+           "| --- | --- | --- | " + " | ".join("---" for _ in lambdas) + " | --- |"]
+  for c in cells:
+    lf = "none qualifies" if c["label_free"] is None else f"{c['delta_label_free']:+.3f} (λ={c['label_free']:g})"
+    lines.append(f"| {c['grid']} | {report.TITLES[c['setting']]} | {c['drift']:+.3f} | "
+                 + " | ".join(f"{c['delta'][lam]:+.3f}" for lam in lambdas) + f" | {lf} |")
+  if len(cells) < 3:
+    return lines + [""]
+  drift = [c["drift"] for c in cells]
+  mean_delta = [float(np.mean(list(c["delta"].values()))) for c in cells]
+  below = [d for c, d in zip(cells, mean_delta) if c["drift"] < 0]
+  above = [d for c, d in zip(cells, mean_delta) if c["drift"] >= 0]
+  lines += ["", f"Spearman ρ between drift and the mean Δ over λ: {metrics.spearman(drift, mean_delta):+.2f} "
+            f"(n = {len(cells)} cells). Where source-only ends below its probe, the mean Δ is above 0 in "
+            f"{sum(d > 0 for d in below)} of {len(below)} cells; where it ends at or above it, in "
+            f"{sum(d > 0 for d in above)} of {len(above)}. The cells share a backbone, data and, within a setting, "
+            "splits, so they are not independent samples: read ρ as a description of these grids, not a test.", ""]
+  return lines
 
 
 def render(grids: list[ml_collections.ConfigDict], *, num_samples: int = report.BOOTSTRAP_SAMPLES) -> str:
@@ -53,11 +110,17 @@ def render(grids: list[ml_collections.ConfigDict], *, num_samples: int = report.
       f"the same example resamples (a two-level bootstrap, `selection.interval`), so it covers the spread between "
       f"training seeds too; with 5 seeds it is coarse, and it is the stricter reading. {num_samples} draws, seed "
       f"{report.BOOTSTRAP_SEED}. Variants run at every seed and λ are methods of their own (their λ chosen by the "
-      f"same rules from their own runs).", "",
+      f"same rules from their own runs). The last section sets every grid's Δ beside how far its source-only runs "
+      f"ended from the frozen-feature probe.", "",
   ]
+  cells = []
+  lambdas = grids[0].lambdas if grids else ()
   for exp in grids:
-    lines += grid_section(exp, num_samples=num_samples)
-  return "\n".join(lines)
+    rows, summary = grid_summary(exp, num_samples=num_samples)
+    lines += grid_section(exp, rows, summary)
+    if tuple(exp.lambdas) == tuple(lambdas):
+      cells += drift_cells(exp, summary)
+  return "\n".join(lines + drift_section(cells, lambdas))
 
 
 def main(argv):
