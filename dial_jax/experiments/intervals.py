@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from dial_jax import metrics
-from dial_jax.experiments import report, runner
+from dial_jax.experiments import report, runner, selection
 
 
 def load_grid(config_file: str, preset: str) -> ml_collections.ConfigDict:
@@ -57,7 +57,7 @@ def drift_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
   """Per complete setting (source-only and every λ at all seeds, frozen probe present): source-only's mean minus
   its frozen-feature probe, and DIAL's Δ of means at each λ and at the label-free λ."""
   cells = []
-  mean = lambda runs: float(np.mean([report._test(r) for r in runs]))
+  mean = lambda runs: float(np.mean([selection.metric_of(r["eval"]["target_test"]) for r in runs]))
   for setting, s in summary.items():
     full = len(s["source_only"]) == len(exp.seeds) and all(len(s["dial"].get(lam, [])) == len(exp.seeds)
                                                             for lam in exp.lambdas)
@@ -66,7 +66,7 @@ def drift_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
     so = mean(s["source_only"])
     lf = s["choice"]["label_free"]
     cells.append({"grid": grid_name(exp), "setting": setting, "metric": s["metric"],
-                  "drift": so - report._test(s["frozen_source"][0]),
+                  "drift": so - selection.metric_of(s["frozen_source"][0]["eval"]["target_test"]),
                   "delta": {lam: mean(s["dial"][lam]) - so for lam in exp.lambdas},
                   "label_free": lf, "delta_label_free": None if lf is None else mean(s["dial"][lf]) - so})
   return cells
