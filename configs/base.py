@@ -77,6 +77,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dial.critic_learning_rate = 1e-4
   c.dial.critic_weight_decay = 1e-3
   c.dial.align = "embeddings"      # embeddings (the paper's) | pair_differences: h_chosen - h_rejected, both signs
+  # true | shuffled: a control whose domain loss compares two random halves of the mixed source and target features
+  c.dial.domain_labels = "true"
   c.dial.aux = "none"               # none | source_sft | target_ntp (auxiliary LM-loss baselines)
   c.dial.aux_weight = 1.0
 

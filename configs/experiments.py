@@ -6,6 +6,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:essays512 --report=experiments/essays512/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_all --report=experiments/lpft_all/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp --report=experiments/lpft_sp/REPORT.md
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_control   # lpft_sp + a shuffled control
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is the bundled Gemma-3-270M with only its top ``top_layers`` layer(s)
@@ -83,6 +84,13 @@ def get_config(arg=None):
                                           "dial.align=pair_differences,dial.domain_loss=mmd",
                                           "dial.domain_loss=mmd") for lam in c.lambdas)
     c.variant_seeds = c.seeds
+  elif arg == "lpft_sp_control":  # lpft_sp's grid (same runs and rows) plus the shuffled-domains control
+    # DIAL with the domain loss comparing random halves of the mixed source and target rows (no domain information,
+    # same form of gradient): does DIAL's gain survive without the domain labels? Settings where DIAL was above
+    # source-only in lpft_sp first.
+    c = get_config("lpft_sp")
+    c.settings = ("simple_to_complex", "cross_lingual", "few_shot", "clean_to_noisy")
+    c.variants = tuple(("dial.domain_labels=shuffled", lam) for lam in c.lambdas)
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -107,7 +115,7 @@ def get_config(arg=None):
     c.train_config.train.log_every = 1
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
-    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp2', 'essays512' "
-                     "or 'quick'")
+    raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
+                     "'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

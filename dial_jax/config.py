@@ -102,6 +102,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dial.critic_learning_rate": _positive(),
     "dial.critic_weight_decay": _at_least(0.0, _FLOAT),
     "dial.align": _enum("embeddings", "pair_differences"),
+    "dial.domain_labels": _enum("true", "shuffled"),
     "dial.aux": _enum(*AUX_LOSSES),
     "dial.aux_weight": _at_least(0.0, _FLOAT),
     "mesh.data": (lambda v: isinstance(v, int) and (v == -1 or v >= 1), "-1 (all remaining devices) or >= 1"),
@@ -114,7 +115,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # resumes (``train.loop.check_resume``) and the experiment grids keep their fingerprints.
 ADDED_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal",
               "train.weight_decay_target": "zero", "dial.align": "embeddings",
-              "model.probe_max_pairs": 0}
+              "model.probe_max_pairs": 0, "dial.domain_labels": "true"}
 
 
 class ConfigError(ValueError):

@@ -194,6 +194,19 @@ def test_every_option_trains(dirs, overrides):
                                       rel=1e-5)
 
 
+def test_shuffled_domain_labels_change_only_what_the_domain_loss_compares(dirs):
+  """The control ``dial.domain_labels=shuffled``: same forward pass and source loss as DIAL from the same start, but
+  the critic compares random halves of the mixed rows, so its W differs; source-only ignores the option."""
+  _, true, _ = run_steps(helpers.tiny_config(*dirs), 1)
+  _, shuffled, _ = run_steps(helpers.tiny_config(*dirs, **{"dial.domain_labels": "shuffled"}), 1)
+  assert shuffled[0]["source_loss"] == pytest.approx(true[0]["source_loss"], rel=1e-6)
+  assert shuffled[0]["wasserstein"] != pytest.approx(true[0]["wasserstein"], rel=1e-3)
+  _, so_true, _ = run_steps(helpers.tiny_config(*dirs, **{"dial.mode": "source_only"}), 1)
+  _, so_shuffled, _ = run_steps(helpers.tiny_config(*dirs, **{"dial.mode": "source_only",
+                                                              "dial.domain_labels": "shuffled"}), 1)
+  assert so_shuffled[0]["loss"] == so_true[0]["loss"]
+
+
 @pytest.mark.parametrize("trainable", ["lora", pytest.param("full", marks=pytest.mark.slow)])
 def test_last_token_only_does_not_change_losses_or_updates(dirs, trainable):
   """model.last_token_only (final layer on the last real token only) is a pure speed-up: same losses, W,

@@ -5,7 +5,8 @@ Per micro-batch (``lax.scan`` over ``train.grad_accum_steps`` of them):
   2. inside the loss, the critic takes ``critic_iter`` Adam steps on ``stop_gradient`` embeddings,
      maximising ``W - gamma * GP``;
   3. loss = BT(source) + lambda * W(source, target) with the updated critic (or MMD / CORAL / DANN) on the domain
-     features (``dial.align``: the embeddings, or the pairs' chosen - rejected differences), plus the
+     features (``dial.align``: the embeddings, or the pairs' chosen - rejected differences; ``dial.domain_labels=
+     shuffled``: a control that mixes the two domains' rows at random), plus the
      oracle's target BT or an auxiliary LM loss, differentiated with ``jax.value_and_grad``.
 Gradients are averaged over micro-batches and applied with optax; a non-finite loss or gradient skips
 the update (``train.on_nonfinite=skip``) and is counted.
@@ -95,6 +96,14 @@ def domain_features(h, b_s: int, b_t: int, align: str) -> jax.Array:
   return jnp.concatenate([d_s, -d_s, d_t, -d_t])
 
 
+def shuffled_domains(features_fn, rng, n: int):
+  """A control for what the domain loss learns from the domain labels: the same features, permuted at random (one
+  permutation per micro-batch, from ``rng``), so the loss compares two random halves of the mixed source and target
+  rows, of the usual sizes. Its gradient has the same form and scale as DIAL's but carries no domain information."""
+  perm = jax.random.permutation(rng, n)
+  return lambda x: features_fn(x)[perm]
+
+
 def loss_balance(variables, h, b_s, n_src, lam, domain_fn) -> dict[str, jax.Array]:
   """Norms of the gradients of the Bradley-Terry term and of the weighted domain term with respect to the
   embeddings (the reward head is linear in them), so the balance between the two losses is visible."""
@@ -129,6 +138,9 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
   target_loss = _weighted_bt(r_tc, r_tr, target_weight)
 
   features = functools.partial(domain_features, b_s=b_s, b_t=b_t, align=d.align)
+  if d.domain_labels == "shuffled" and config_lib.domain_loss_active(config):
+    rng, shuffle_rng = jax.random.split(rng)
+    features = shuffled_domains(features, shuffle_rng, n_src + n_tgt)  # both alignments give n_src + n_tgt rows
   metrics = {}
   domain_fn = None  # h -> domain loss, for the loss-balance metrics
   if not config_lib.domain_loss_active(config):
