@@ -282,9 +282,17 @@ def test_a_variant_at_every_seed_and_lambda_is_chosen_and_barred_as_dial(tmp_pat
     # Both lambdas pass the source check with W falling, so label-free takes the larger; target_val ties -> smaller.
     assert method["choice"] == {"label_free": 10.0, "target_val": 1.0}
     assert set(method["deltas"]) == {1.0, 10.0}
+  # Against plain DIAL at the same lambda: the variant has dial1's numbers, so at lambda 10 it is 0.64 - 0.72 in
+  # few-shot (every seed), and exactly plain DIAL at lambda 1.
+  vs = summary["few_shot"]["variant_vs_dial"]
+  assert vs[("dial.align=pair_differences", 10.0)]["delta"] == pytest.approx(-0.08, abs=1e-9)
+  assert vs[("dial.align=pair_differences", 1.0)]["delta"] == 0
   text = report.write_report(exp, str(tmp_path / "rep" / "REPORT.md"), num_samples=100)
   variants = text.split("## Variants")[1].split("## Loss balance")[0]
   assert "| `dial.align=pair_differences` | 10 | 3 |" in variants and variants.count("| label-free |") == 2
+  line = next(x for x in variants.splitlines() if x.startswith("| few-shot-to-full (TL;DR) | `dial.align=pair_"
+                                                               "differences` | 10 |"))
+  assert line.endswith(" (n=3) | label-free |") and "| -0.080 [" in line
   swapped = variants.split("Issue 13's bars with `dial.align=pair_differences` in DIAL's place")[1]
   assert "few-shot-to-full (TL;DR): label-free λ=10, target_val λ=1" in swapped
   # dial1's numbers: above source-only in few-shot (0.64 vs 0.62), below it in simple-to-complex (0.31 vs 0.32).

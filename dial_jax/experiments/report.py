@@ -176,6 +176,9 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | N
                     key=lambda r: (r["variant"], r["lambda"], r["seed"])):
       variants.setdefault((r["variant"], r["lambda"]), []).append(r)
     variant_deltas = {k: delta_interval(so, v, truth, num_samples=num_samples) for k, v in variants.items()}
+    # Against plain DIAL at the same lambda and seeds: what the variant changes in DIAL itself.
+    variant_vs_dial = {(v, lam): delta_interval(dial[lam], runs, truth, num_samples=num_samples)
+                       for (v, lam), runs in variants.items() if lam in dial}
     families = {}
     for (variant, lam), runs in variants.items():
       families.setdefault(variant, {})[lam] = runs
@@ -196,7 +199,8 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | N
         "metric": "accuracy" if "accuracy" in mine[0]["eval"]["target_test"] else "pearson",
         "frozen_source": by_mode("frozen_source"), "frozen_oracle": by_mode("frozen_oracle"),
         "source_only": so, "oracle": by_mode("oracle"), "dial": dial, "choice": choice, "deltas": deltas,
-        "variants": variants, "variant_deltas": variant_deltas, "variant_methods": variant_methods,
+        "variants": variants, "variant_deltas": variant_deltas, "variant_vs_dial": variant_vs_dial,
+        "variant_methods": variant_methods,
         "sizes": mine[0]["data_sizes"],
         "max_length": max_length, "truncation": truncation, "truth": truth,
         "done": sum(1 for r in expected if r in done), "expected": len(expected),
@@ -724,7 +728,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
   variants = [(setting, k, v) for setting, s in summary.items() for k, v in s["variants"].items()]
   lines += ["", "## Variants", ""]
   if variants:
-    lines += ["Same columns, plus Δ vs source-only over the seeds both have (paired bootstrap). "
+    lines += ["Same columns, plus Δ vs source-only over the seeds both have (paired bootstrap), and the variant "
+              "minus plain DIAL at the same λ and seeds (— where DIAL has no runs at that λ). "
               "`dial.critic_input_scale=none` is the authors' critic on raw embeddings (the paper's λ); "
               "`dial.align=pair_differences` aligns the pairs' chosen − rejected embedding differences (both signs) "
               "instead of the embeddings; `dial.domain_loss=mmd` replaces the critic's W by multi-kernel MMD² (no "
@@ -732,15 +737,16 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
               "the grid gets its λ chosen by both "
               "rules (last column) and the bars below.", "",
               "| setting | variant | λ | n | target_val | target_test | source check | W first → last | W falls | "
-              "critic slope | balance | Δ vs source-only [95 %] | chosen by |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "critic slope | balance | Δ vs source-only [95 %] | variant − DIAL, same λ [95 %] | chosen by |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for setting, (variant, lam), runs in variants:
       so = summary[setting]["source_only"]
       check = selection.source_check(so)[0] if so else None
       method = summary[setting]["variant_methods"].get(variant)
       chosen = ", ".join(RULE_NAMES[r] for r in RULES if method and method["choice"][r] == lam)
       lines.append(f"| {TITLES[setting]} | `{variant}` | {lam:g} | " + " | ".join(_lambda_cells(runs, check))
-                   + f" | {_fmt_delta(summary[setting]['variant_deltas'][(variant, lam)])} | {chosen} |")
+                   + f" | {_fmt_delta(summary[setting]['variant_deltas'][(variant, lam)])} "
+                   f"| {_fmt_delta(summary[setting]['variant_vs_dial'].get((variant, lam)))} | {chosen} |")
     lines += variant_bars(exp, summary)
   else:
     lines.append("No variant runs yet.")
