@@ -32,14 +32,6 @@ def load_grid(config_file: str, preset: str) -> ml_collections.ConfigDict:
   return exp
 
 
-def grid_summary(exp: ml_collections.ConfigDict, *, num_samples: int = report.BOOTSTRAP_SAMPLES) -> tuple[list, dict]:
-  """The grid's rows and ``report.summarize`` of them (with the true essay scores where the grid has essays)."""
-  rows = report.grid_rows(exp, runner.read_results(exp.results))
-  settings = {r["setting"] for r in rows}
-  truths = {s: report.target_test_truth(exp, s) for s in exp.settings if s in settings}
-  return rows, report.summarize(exp, rows, truths, num_samples=num_samples)
-
-
 def grid_name(exp: ml_collections.ConfigDict) -> str:
   return f"`:{exp.preset}`" if exp.preset else "default"
 
@@ -50,7 +42,7 @@ def grid_section(exp: ml_collections.ConfigDict, rows: list, summary: dict) -> l
   lines = [f"## {name} (grid `{runner.grid_fingerprint(exp)}`, {len(rows)} rows)", ""]
   if not rows:
     return lines + [f"No runs of this grid in `{exp.results}`.", ""]
-  return lines + report.seed_interval_lines(summary) + ["", report.seed_interval_tally(exp, summary)[2:], ""]
+  return lines + report.seed_interval_lines(summary) + ["", report.seed_interval_tally(exp, summary), ""]
 
 
 def drift_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
@@ -116,7 +108,8 @@ def render(grids: list[ml_collections.ConfigDict], *, num_samples: int = report.
   cells = []
   lambdas = grids[0].lambdas if grids else ()
   for exp in grids:
-    rows, summary = grid_summary(exp, num_samples=num_samples)
+    rows = report.grid_rows(exp, runner.read_results(exp.results))
+    summary = report.summarize_grid(exp, rows, num_samples=num_samples)
     lines += grid_section(exp, rows, summary)
     if tuple(exp.lambdas) == tuple(lambdas):
       cells += drift_cells(exp, summary)

@@ -262,7 +262,7 @@ def seed_interval_tally(exp: ml_collections.ConfigDict, summary: dict) -> str:
         above.append(TITLES[setting].split(" (")[0])
     parts.append(f"{len(above)}/{len(exp.settings)} settings with the {RULE_NAMES[rule]} λ"
                  + (f" ({', '.join(above)})" if above else ""))
-  return ("- Not one of issue 13's bars: with the training seeds resampled too, DIAL's Δ interval is above 0 in "
+  return ("Not one of issue 13's bars: with the training seeds resampled too, DIAL's Δ interval is above 0 in "
           + "; ".join(parts) + ".")
 
 
@@ -697,7 +697,7 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
 
   lines += ["", "## Issue 13's bars", "", "Across settings:", ""] + overall(exp, summary)
   if summary:
-    lines.append(seed_interval_tally(exp, summary))
+    lines.append("- " + seed_interval_tally(exp, summary))
   lines += ["", "Per setting:", ""]
   for setting, s in summary.items():
     lines.append(f"- **{TITLES[setting]}**")
@@ -809,6 +809,14 @@ def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
           sig(_mean_of(runs, lambda r: _history(r, "critic_slope"))), sig(_mean_of(runs, ratio))]
 
 
+def summarize_grid(exp: ml_collections.ConfigDict, rows: list[dict], *,
+                   num_samples: int = BOOTSTRAP_SAMPLES) -> dict:
+  """``summarize`` of a grid's rows, with the true target_test scores of the settings that have rows."""
+  settings = {r["setting"] for r in rows}
+  truths = {s: target_test_truth(exp, s) for s in exp.settings if s in settings}
+  return summarize(exp, rows, truths, num_samples=num_samples)
+
+
 def default_path(exp: ml_collections.ConfigDict) -> Path:
   """Where a grid's report goes unless told: beside its results file, in a folder named after its preset
   (``experiments/REPORT.md`` for the default grid, ``experiments/lpft_sp/REPORT.md`` for ``:lpft_sp``), so running one
@@ -825,9 +833,7 @@ def write_report(exp: ml_collections.ConfigDict, path: str, *, num_samples: int 
   path = Path(path)
   fig_dir = path.parent / "figures"
   fig_dir.mkdir(parents=True, exist_ok=True)
-  settings = {r["setting"] for r in rows}
-  truths = {s: target_test_truth(exp, s) for s in exp.settings if s in settings}
-  summary = summarize(exp, rows, truths, num_samples=num_samples)
+  summary = summarize_grid(exp, rows, num_samples=num_samples)
   figures = {}
   if summary:
     target_figure(summary, fig_dir / "target_metric.png")
