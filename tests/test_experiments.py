@@ -46,6 +46,56 @@ def test_top_model_on_prefix_cache_equals_full_model(tmp_path, family, top_layer
   np.testing.assert_allclose(out["rewards"], full["rewards"], atol=1e-4, rtol=1e-4)
 
 
+class _Killed(Exception):
+  pass
+
+
+def test_prefix_cache_build_resumes_after_a_kill(tmp_path):
+  """A build killed after its second checkpoint resumes there (only the remaining batches run) and gives the
+  same array, bit for bit, as an uninterrupted build; a partial build with another plan is started over."""
+  model_dir = helpers.make_tiny_model_dir(tmp_path / "m", "gemma3")
+  model, variables, _ = load.load_reward_model(model_dir)
+  cfg = model.config
+  bottom_cfg, _ = prefix_cache.split_config(cfg, 1)
+  bottom, _ = prefix_cache.split_params(variables["params"], cfg.num_layers, 1)
+  texts = _token_lists(23, seed=2)
+  shape = prefix_cache.cache_shape(texts, cfg.hidden_size)
+  plan = dict(pad_id=cfg.pad_token_id, batch_size=2, max_length=64, min_bucket=8, checkpoint_every=3)
+  expected = prefix_cache.compute_prefix_cache(bottom_cfg, bottom, texts, **{k: v for k, v in plan.items()})
+
+  calls = []
+
+  def fill(kill_at=None):
+    def run(out, done, checkpoint):
+      calls.append(done)
+
+      def maybe_kill(n):
+        checkpoint(n)
+        if n == kill_at:
+          raise _Killed
+      return prefix_cache.compute_prefix_cache(bottom_cfg, bottom, texts, **plan, out=out, batches_done=done,
+                                               checkpoint=maybe_kill)
+    return run
+
+  path = tmp_path / "cache" / "s-key.npy"
+  with pytest.raises(_Killed):
+    prefix_cache.load_or_compute(path, shape, fill(kill_at=6), plan)
+  assert not path.exists() and path.with_name("s-key.partial.npy").exists()
+  cache, seconds = prefix_cache.load_or_compute(path, shape, fill(), plan)
+  assert calls == [0, 6]
+  np.testing.assert_array_equal(cache, expected)
+  assert seconds > 0 and not path.with_name("s-key.partial.json").exists()
+  assert prefix_cache.load_or_compute(path, shape, fill(), plan)[1] == seconds  # finished: loaded, not rebuilt
+  assert calls == [0, 6]
+
+  other = tmp_path / "cache" / "t-key.npy"
+  with pytest.raises(_Killed):
+    prefix_cache.load_or_compute(other, shape, fill(kill_at=3), plan)
+  cache, _ = prefix_cache.load_or_compute(other, shape, fill(), {**plan, "batch_size": 4})
+  assert calls[-1] == 0  # another plan: started over
+  np.testing.assert_array_equal(cache, expected)
+
+
 def test_last_token_only_matches_full_final_layer(tmp_path):
   """RewardModel(last_token_only=True) gives the same rewards as computing the final layer everywhere."""
   model_dir = helpers.make_tiny_model_dir(tmp_path / "m", "gemma3")

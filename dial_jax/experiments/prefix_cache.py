@@ -68,43 +68,92 @@ def fingerprint(token_lists: Sequence[Sequence[int]], *parts) -> str:
 
 def compute_prefix_cache(bottom_cfg: DecoderConfig, bottom_params: dict, token_lists: Sequence[Sequence[int]], *,
                          pad_id: int, batch_size: int = 8, max_length: int, min_bucket: int = 32,
-                         dtype=jnp.float32) -> np.ndarray:
-  """Bottom layers' output for every token: ``[sum(len) + 1, D]`` float32, texts back to back, zero last row."""
+                         dtype=jnp.float32, out: np.ndarray | None = None, batches_done: int = 0,
+                         checkpoint=None, checkpoint_every: int = 25) -> np.ndarray:
+  """Bottom layers' output for every token: ``[sum(len) + 1, D]`` float32, texts back to back, zero last row.
+
+  To resume a build, pass the partly written ``out`` and the number of batches already in it: they are skipped
+  (the batch order depends only on the lengths and ``batch_size``). ``checkpoint(n)`` is called once the first
+  ``n`` batches are in ``out``, every ``checkpoint_every`` batches and at the end.
+  """
   decoder = Decoder(bottom_cfg, dtype=dtype)
   apply = jax.jit(lambda p, ids, mask: decoder.apply({"params": p}, ids, mask, return_all_hidden=True)[1][-1])
   lengths = np.array([len(t) for t in token_lists])
   offsets = np.concatenate([[0], np.cumsum(lengths)])
-  out = np.zeros((int(offsets[-1]) + 1, bottom_cfg.hidden_size), np.float32)
+  if out is None:
+    out = np.zeros(cache_shape(token_lists, bottom_cfg.hidden_size), np.float32)
   buckets = batching.bucket_lengths(max_length, min_bucket)
-  done, total = 0, len(token_lists)
-  for idx in batching.length_sorted_batches(lengths, batch_size):
+  total = len(token_lists)
+  n_batches = 0
+  for n_batches, idx in enumerate(batching.length_sorted_batches(lengths, batch_size), start=1):
+    if n_batches <= batches_done:
+      continue
     length = batching.bucket_for(int(lengths[idx].max()), buckets)
     ids, mask = batching.pad([token_lists[i] for i in idx], length, pad_id, rows=batch_size)
     hidden = np.asarray(apply(bottom_params, ids, mask), np.float32)
     for row, i in enumerate(idx):
       out[offsets[i]:offsets[i + 1]] = hidden[row, :lengths[i]]
-    done += len(idx)
-    if done % (batch_size * 25) < batch_size:
-      logging.info("prefix cache: %d / %d texts", done, total)
+    if n_batches % checkpoint_every == 0:
+      logging.info("prefix cache: %d / %d texts", min(n_batches * batch_size, total), total)
+      if checkpoint is not None:
+        checkpoint(n_batches)
+  if checkpoint is not None and n_batches > batches_done:
+    checkpoint(n_batches)
   return out
 
 
-def load_or_compute(path: Path, compute) -> tuple[np.ndarray, float | None]:
-  """(the array at ``path``, seconds it took to compute) if it exists, else ``compute()`` saved there
-  atomically. The seconds live in a ``.json`` beside the array (None for caches made before it was kept)."""
+def cache_shape(token_lists: Sequence[Sequence[int]], hidden_size: int) -> tuple[int, int]:
+  return sum(len(t) for t in token_lists) + 1, hidden_size
+
+
+def load_or_compute(path: Path, shape: tuple[int, int], fill, plan: dict | None = None
+                    ) -> tuple[np.ndarray, float | None]:
+  """(the cache at ``path``, seconds its build took), building it first if it does not exist.
+
+  The build writes into ``<stem>.partial.npy`` (a memory map of ``shape``) through
+  ``fill(out, batches_done, checkpoint)``, usually :func:`compute_prefix_cache`. Each checkpoint flushes the map
+  and then records the batches done and seconds spent in ``<stem>.partial.json``, so a build killed part-way
+  (caches take up to an hour on a CPU) resumes from its last checkpoint. A partial build made with another
+  ``plan`` (batch size, bucketing) or shape is started over. The finished array is renamed to ``path``; the
+  seconds live in a ``.json`` beside it (None for caches made before they were kept).
+  """
   meta = path.with_suffix(".json")
   if path.exists():
     seconds = json.loads(meta.read_text())["compute_seconds"] if meta.exists() else None
     return np.load(path, mmap_mode="r"), seconds
-  start = time.time()
-  array = compute()
-  seconds = time.time() - start
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npy")
-  np.save(tmp, array)
-  tmp.replace(path)
-  meta.write_text(json.dumps({"compute_seconds": seconds, "rows": int(array.shape[0])}))
-  return array, seconds
+  partial = path.with_name(path.stem + ".partial.npy")
+  progress = path.with_name(path.stem + ".partial.json")
+  identity = {"shape": list(shape), "plan": plan or {}}
+  state = {"batches_done": 0, "seconds": 0.0}
+  if partial.exists() and progress.exists():
+    saved = json.loads(progress.read_text())
+    if {k: saved.get(k) for k in identity} == identity:
+      state = {k: saved[k] for k in state}
+      logging.info("prefix cache %s: resuming after %d batches", path.name, state["batches_done"])
+    else:
+      logging.warning("prefix cache %s: partial build with another shape or plan, starting over", path.name)
+  if state["batches_done"]:
+    out = np.lib.format.open_memmap(partial, mode="r+")
+  else:
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=tuple(shape))
+  start = time.time()
+
+  def checkpoint(batches_done: int):
+    out.flush()
+    tmp = progress.with_name(progress.name + ".tmp")
+    tmp.write_text(json.dumps({**identity, "batches_done": batches_done,
+                               "seconds": state["seconds"] + time.time() - start}))
+    tmp.replace(progress)
+
+  fill(out, state["batches_done"], checkpoint)
+  out.flush()
+  seconds = state["seconds"] + time.time() - start
+  del out
+  partial.replace(path)
+  meta.write_text(json.dumps({"compute_seconds": seconds, "rows": int(shape[0])}))
+  progress.unlink()
+  return np.load(path, mmap_mode="r"), seconds
 
 
 def reindex(domains: Sequence[Domain]) -> list[Domain]:

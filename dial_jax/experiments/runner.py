@@ -136,9 +136,12 @@ def prepare_setting(exp: ml_collections.ConfigDict, setting: str, *, base_model=
   bottom, top = prefix_cache.split_params(variables["params"], cfg.num_layers, exp.top_layers)
   key = prefix_cache.fingerprint(token_lists, exp.model, exp.top_layers, max_length)
   path = Path(exp.cache_dir) / f"{setting}-{key}.npy"
-  cache, seconds = prefix_cache.load_or_compute(path, lambda: prefix_cache.compute_prefix_cache(
-      bottom_cfg, bottom, token_lists, pad_id=cfg.pad_token_id, batch_size=exp.cache_batch_size,
-      max_length=max_length, min_bucket=exp.train_config.data.min_bucket))
+  plan = dict(batch_size=exp.cache_batch_size, max_length=max_length, min_bucket=exp.train_config.data.min_bucket)
+  cache, seconds = prefix_cache.load_or_compute(
+      path, prefix_cache.cache_shape(token_lists, cfg.hidden_size),
+      lambda out, done, checkpoint: prefix_cache.compute_prefix_cache(
+          bottom_cfg, bottom, token_lists, pad_id=cfg.pad_token_id, **plan, out=out, batches_done=done,
+          checkpoint=checkpoint), plan)
   logging.info("%s: prefix cache %s (%d rows), computed in %s s", setting, path, cache.shape[0],
                "?" if seconds is None else f"{seconds:.0f}")
   reindexed = dict(zip(domains, prefix_cache.reindex(list(domains.values()))))
