@@ -101,8 +101,11 @@ def test_scanned_equals_unrolled_padded(tiny, tiny_llama, family, remat, last_to
     np.testing.assert_allclose(o1["embeddings"], o0["embeddings"], **TOL)
     f0, f1 = flat(g0), flat(mapping.unstack_layer_variables(g1))
     assert f0.keys() == f1.keys()
-    for k in f0:  # float32 summation order differs: 1e-5 of each leaf's largest entry
-      np.testing.assert_allclose(f1[k], f0[k], rtol=0, atol=1e-5 * np.abs(f0[k]).max(), err_msg=k)
+    # float32 summation order differs between the scanned and unrolled graphs, and with the CPU: 1e-4 of each
+    # leaf's largest entry (worst leaf seen: 2.2e-5 on an Intel Xeon, under 1e-5 on an AMD EPYC; with the layers
+    # in reverse order every leaf is off by 0.7 or more).
+    for k in f0:
+      np.testing.assert_allclose(f1[k], f0[k], rtol=0, atol=1e-4 * np.abs(f0[k]).max(), err_msg=k)
 
 
 def test_scanned_equals_unrolled_packed_and_hidden_states(tiny):
