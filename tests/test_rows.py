@@ -30,6 +30,10 @@ def test_history_moves_beside_the_file_and_its_ends_stay(tmp_path):
          "history": history, "test_scores": None}
   compact = row_format.compact(row, tmp_path)
   assert "history" not in compact and compact["history_ends"] == {"wasserstein": [3.0, 1.5], "loss": [1.0, 0.25]}
+  # the figure's metrics keep their whole curve in the row; others only their ends
+  assert compact["history_curves"] == {"wasserstein": [[10, 3.0], [30, 1.5]]}
+  assert row_format.curve(compact, "wasserstein") == row_format.curve(row, "wasserstein") == {10: 3.0, 30: 1.5}
+  assert row_format.curve(compact, "loss") == {} and row_format.curve(row, "loss") == {10: 1.0, 20: 0.5, 30: 0.25}
   for key in ("wasserstein", "loss", "critic_slope"):
     for which in (0, -1):
       assert row_format.history_value(compact, key, which) == row_format.history_value(row, key, which)
@@ -61,10 +65,26 @@ def test_report_is_the_same_from_compact_rows(tmp_path):
   assert "![loss balance](figures/loss_balance.png)" in text_compact  # drawn from the side files
   exp.artifacts_dir = str(tmp_path / "elsewhere")
   text_bare = report.write_report(exp, str(tmp_path / "bare" / "REPORT.md"), num_samples=100)
-  assert "Not drawn: no run's step history here" in text_bare
+  assert "![loss balance](figures/loss_balance.png)" in text_bare  # side files gone: drawn from the rows' curves
+  for key in row_format.CURVE_KEYS:  # the same curves, to the 4 significant digits the rows keep
+    for mode in ("source_only", "dial"):
+      full = report._curve([r for r in verbose if r["mode"] == mode], key)
+      kept = report._curve([r for r in compact if r["mode"] == mode], key)
+      assert (full is None) == (kept is None)
+      if full is not None:
+        np.testing.assert_array_equal(kept[0], full[0])
+        np.testing.assert_allclose(kept[1], full[1], rtol=1e-3)
+        assert kept[2] == full[2]
+  older = [{k: v for k, v in r.items() if k != "history_curves"} for r in compact]  # rows made before the curves
+  exp.results = str(tmp_path / "older.jsonl")
+  for r in older:
+    runner.append_result(exp.results, r)
+  text_older = report.write_report(exp, str(tmp_path / "older" / "REPORT.md"), num_samples=100)
+  assert "Not drawn: no run's step history here" in text_older
   strip = lambda t: [l for l in t.splitlines() if "loss balance" not in l.lower() and "history" not in l]
   # The tables and intervals do not depend on the side files.
-  assert [l for l in strip(text_bare) if l.startswith("|")] == [l for l in strip(text_compact) if l.startswith("|")]
+  for text in (text_bare, text_older):
+    assert [l for l in strip(text) if l.startswith("|")] == [l for l in strip(text_compact) if l.startswith("|")]
 
 
 def test_migration_cli_refuses_to_overwrite(tmp_path):

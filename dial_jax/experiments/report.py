@@ -446,9 +446,10 @@ def _legend(ax, **kw) -> None:
 
 
 def _curve(rows: list[dict], key: str):
-  """(steps, mean over runs, number of runs with that history) of a history key (runs aligned on their common
-  steps); None when absent. Rows whose history file is gone count as absent, so legends state what is averaged."""
-  series = [{h["step"]: h[key] for h in r.get("history", []) if h.get(key) is not None} for r in rows]
+  """(steps, mean over runs, number of runs with that curve) of a history key (runs aligned on their common steps);
+  None when absent. Rows with neither a history file nor kept curves (older rows) count as absent, so legends state
+  what is averaged."""
+  series = [row_format.curve(r, key) for r in rows]
   series = [x for x in series if x]
   if not series:
     return None
@@ -461,9 +462,9 @@ def _curve(rows: list[dict], key: str):
 def balance_figure(summary: dict, path: Path) -> bool:
   """Per setting (columns): the gradient norms of the Bradley-Terry term and of the λ·domain term over steps for
   DIAL at the label-free λ (else target_val's) vs source-only (log y); the critic slope ‖∇f‖; the W estimate.
-  Curves are means over the runs' seeds. False when no run has history."""
+  Curves are means over the runs' seeds. False when no run has a history file or kept curves."""
   settings = [k for k, s in summary.items() if (s["source_only"] or s["dial"])
-              and any(r.get("history") for r in s["rows"])]
+              and any(row_format.curve(r, key) for r in s["rows"] for key in row_format.CURVE_KEYS)]
   if not settings:
     return False
   plt = _plt()
@@ -761,7 +762,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
               "penalty pulls it to 1). Bottom: the critic's W estimate on the training batches, every λ.", ""]
   else:
     lines += [f"Not drawn: no run's step history here (the runner keeps each run's history under "
-              f"`{exp.artifacts_dir}/history/`, gitignored; the rows keep only its first and last values).", ""]
+              f"`{exp.artifacts_dir}/history/`, gitignored; rows made before `history_curves` was added keep only "
+              "its first and last values).", ""]
 
   if figures.get("embeddings"):
     emb = figures["embeddings_info"]

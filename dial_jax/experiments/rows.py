@@ -2,8 +2,9 @@
 
 A run's full step history (every logged window, every metric) goes to a gitignored side file under the grid's
 artifacts directory (``history_path``); the row keeps the first and last logged value of the metrics the report and
-the lambda selection read (``history_ends``). Per-example target_test scores, which the paired bootstrap needs, are
-kept exactly but compactly (``encode_scores``):
+the lambda selection read (``history_ends``), and every logged value, to 4 significant digits, of the few metrics the
+loss-balance figure draws (``history_curves``), so that figure can be redrawn from the results file alone.
+Per-example target_test scores, which the paired bootstrap needs, are kept exactly but compactly (``encode_scores``):
 
 * pairs: one character per pair, ``1`` (chosen ranked higher), ``0`` (lower) or ``h`` (tie); the bootstrap of
   accuracy needs nothing else. Decoded as margins +1 / -1 / 0.
@@ -26,6 +27,8 @@ import numpy as np
 # Metrics whose first and last logged values a row keeps (report tables, selection.w_falls).
 HISTORY_KEYS = ("loss", "source_loss", "source_accuracy", "wasserstein", "domain_gap", "critic_slope",
                 "critic_input_scale", "gradient_penalty", "balance/source_grad_norm", "balance/domain_grad_norm")
+# Metrics whose whole logged curve a row keeps (the report's loss-balance figure), rounded to 4 significant digits.
+CURVE_KEYS = ("balance/source_grad_norm", "balance/domain_grad_norm", "critic_slope", "wasserstein")
 _SIGN = {"1": 1.0, "0": -1.0, "h": 0.0}
 
 
@@ -60,6 +63,14 @@ def history_value(row: dict, key: str, which: int = -1) -> float | None:
   return None if ends is None else float(ends[0 if which == 0 else -1])
 
 
+def curve(row: dict, key: str) -> dict[int, float]:
+  """A metric's logged values by step: from the full ``history`` when the row has it (read back from the side file),
+  else from the row's ``history_curves`` (``CURVE_KEYS`` only); empty when neither has it."""
+  if "history" in row:
+    return {int(h["step"]): float(h[key]) for h in row["history"] if h.get(key) is not None}
+  return {int(t): float(v) for t, v in row.get("history_curves", {}).get(key, [])}
+
+
 def history_path(artifacts_dir: str | os.PathLike, run_id: str, grid: str) -> Path:
   """Where a run's full step history is kept (gitignored)."""
   return Path(artifacts_dir) / "history" / grid / (run_id.replace("/", "_") + ".json")
@@ -73,6 +84,8 @@ def compact(row: dict, artifacts_dir: str | os.PathLike | None) -> dict:
   if history is not None:
     row["history_ends"] = {k: [vs[0], vs[-1]] for k in HISTORY_KEYS
                            if (vs := [h[k] for h in history if h.get(k) is not None])}
+    row["history_curves"] = {k: pts for k in CURVE_KEYS
+                             if (pts := [[h["step"], float(f"{h[k]:.4g}")] for h in history if h.get(k) is not None])}
     if history and artifacts_dir is not None:
       path = history_path(artifacts_dir, row["run_id"], row.get("grid", "unknown"))
       path.parent.mkdir(parents=True, exist_ok=True)
