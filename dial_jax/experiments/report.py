@@ -464,7 +464,7 @@ def balance_figure(summary: dict, path: Path) -> bool:
   DIAL at the label-free λ (else target_val's) vs source-only (log y); the critic slope ‖∇f‖; the W estimate.
   Curves are means over the runs' seeds. False when no run has a history file or kept curves."""
   settings = [k for k, s in summary.items() if (s["source_only"] or s["dial"])
-              and any(row_format.curve(r, key) for r in s["rows"] for key in row_format.CURVE_KEYS)]
+              and any(r.get("history") or r.get("history_curves") for r in s["rows"])]
   if not settings:
     return False
   plt = _plt()
