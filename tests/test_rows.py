@@ -81,6 +81,14 @@ def test_report_is_the_same_from_compact_rows(tmp_path):
     runner.append_result(exp.results, r)
   text_older = report.write_report(exp, str(tmp_path / "older" / "REPORT.md"), num_samples=100)
   assert "Not drawn: no run's step history here" in text_older
+  # Newer variant rows keep curves, the older plain runs it draws do not: still not drawn (not empty panels).
+  assert any(r["variant"] for r in compact)
+  mixed = [r if r["variant"] else older[i] for i, r in enumerate(compact)]
+  exp.results = str(tmp_path / "mixed.jsonl")
+  for r in mixed:
+    runner.append_result(exp.results, r)
+  assert "Not drawn: no run's step history here" in report.write_report(exp, str(tmp_path / "mixed" / "REPORT.md"),
+                                                                         num_samples=100)
   strip = lambda t: [l for l in t.splitlines() if "loss balance" not in l.lower() and "history" not in l]
   # The tables and intervals do not depend on the side files.
   for text in (text_bare, text_older):

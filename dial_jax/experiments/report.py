@@ -462,9 +462,10 @@ def _curve(rows: list[dict], key: str):
 def balance_figure(summary: dict, path: Path) -> bool:
   """Per setting (columns): the gradient norms of the Bradley-Terry term and of the λ·domain term over steps for
   DIAL at the label-free λ (else target_val's) vs source-only (log y); the critic slope ‖∇f‖; the W estimate.
-  Curves are means over the runs' seeds. False when no run has a history file or kept curves."""
-  settings = [k for k, s in summary.items() if (s["source_only"] or s["dial"])
-              and any(r.get("history") or r.get("history_curves") for r in s["rows"])]
+  Curves are means over the runs' seeds. False when none of the runs it draws (source-only and plain DIAL; not the
+  variants) has a history file or kept curves."""
+  drawn = lambda s: s["source_only"] + [r for runs in s["dial"].values() for r in runs]
+  settings = [k for k, s in summary.items() if any(r.get("history") or r.get("history_curves") for r in drawn(s))]
   if not settings:
     return False
   plt = _plt()
