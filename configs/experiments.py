@@ -8,6 +8,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp --report=experiments/lpft_sp/REPORT.md
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_control   # lpft_sp + a shuffled control
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_control      # lpft + the same control
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_all_control  # lpft_all + the same control
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is the bundled Gemma-3-270M with only its top ``top_layers`` layer(s)
@@ -99,6 +100,12 @@ def get_config(arg=None):
     c.settings = ("few_shot", "clean_to_noisy", "cross_lingual", "simple_to_complex")
     c.variants = tuple(("dial.domain_labels=shuffled", lam) for lam in c.lambdas)
     c.variant_seeds = c.seeds
+  elif arg == "lpft_all_control":  # lpft_all's grid (same runs and rows) plus the shuffled-domains control
+    # The third LP-FT regime: no decay, every target pair. Clean-to-noisy (DIAL's one gain over 0.01 there) first.
+    c = get_config("lpft_all")
+    c.settings = ("clean_to_noisy", "few_shot", "cross_lingual", "simple_to_complex")
+    c.variants = tuple(("dial.domain_labels=shuffled", lam) for lam in c.lambdas)
+    c.variant_seeds = c.seeds
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -124,6 +131,6 @@ def get_config(arg=None):
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
-                     "'lpft_control', 'lpft_sp2', 'essays512' or 'quick'")
+                     "'lpft_control', 'lpft_all_control', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c
