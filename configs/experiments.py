@@ -25,6 +25,15 @@ import ml_collections
 from configs import base
 
 
+def _with_shuffled_control(c: ml_collections.ConfigDict, settings) -> ml_collections.ConfigDict:
+  """A grid (same fingerprint, so the same rows) whose only variant is the shuffled-domains control at every lambda
+  and seed, its settings in the given order."""
+  c.settings = tuple(settings)
+  c.variants = tuple(("dial.domain_labels=shuffled", lam) for lam in c.lambdas)
+  c.variant_seeds = c.seeds
+  return c
+
+
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.settings = ("few_shot", "cross_lingual", "clean_to_noisy", "simple_to_complex")
@@ -90,22 +99,17 @@ def get_config(arg=None):
     # DIAL with the domain loss comparing random halves of the mixed source and target rows (no domain information,
     # same form of gradient): does DIAL's gain survive without the domain labels? Settings where DIAL was above
     # source-only in lpft_sp first.
-    c = get_config("lpft_sp")
-    c.settings = ("simple_to_complex", "cross_lingual", "few_shot", "clean_to_noisy")
-    c.variants = tuple(("dial.domain_labels=shuffled", lam) for lam in c.lambdas)
+    c = _with_shuffled_control(get_config("lpft_sp"),
+                               ("simple_to_complex", "cross_lingual", "few_shot", "clean_to_noisy"))
   elif arg == "lpft_control":  # lpft's grid (same runs and rows) plus the shuffled-domains control
     # The same control in the grid where source-only drifts below its probe (no decay toward the start) and DIAL
     # gained in few-shot and clean-to-noisy: do those gains need the domain labels? Those two settings first.
-    c = get_config("lpft")
-    c.settings = ("few_shot", "clean_to_noisy", "cross_lingual", "simple_to_complex")
-    c.variants = tuple(("dial.domain_labels=shuffled", lam) for lam in c.lambdas)
-    c.variant_seeds = c.seeds
+    c = _with_shuffled_control(get_config("lpft"),
+                               ("few_shot", "clean_to_noisy", "cross_lingual", "simple_to_complex"))
   elif arg == "lpft_all_control":  # lpft_all's grid (same runs and rows) plus the shuffled-domains control
     # The third LP-FT regime: no decay, every target pair. Clean-to-noisy (DIAL's one gain over 0.01 there) first.
-    c = get_config("lpft_all")
-    c.settings = ("clean_to_noisy", "few_shot", "cross_lingual", "simple_to_complex")
-    c.variants = tuple(("dial.domain_labels=shuffled", lam) for lam in c.lambdas)
-    c.variant_seeds = c.seeds
+    c = _with_shuffled_control(get_config("lpft_all"),
+                               ("clean_to_noisy", "few_shot", "cross_lingual", "simple_to_complex"))
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
