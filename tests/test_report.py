@@ -420,3 +420,39 @@ def test_intervals_page_covers_every_grid_and_never_overwrites_a_foreign_file(gr
                         cwd=Path(__file__).resolve().parents[1])
   assert proc.returncode != 0 and "is not a page this tool wrote; pass --overwrite" in proc.stderr
   assert foreign.read_text() == "my notes\n"
+
+
+def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
+  """The control section: control − DIAL per grid, setting and λ with its reading, and per λ how many cells read each
+  way. The control runs carry dial1's numbers (see _key): at λ 1 it equals DIAL's mean in few-shot; at λ 10 it is
+  0.08 below DIAL (DIAL beats its domain-free push: the labels help). A grid without the control adds no cell."""
+  from dial_jax.experiments import intervals
+  exp = _exp(tmp_path)
+  exp.preset = "ctl"
+  exp.variants = tuple((intervals.CONTROL, lam) for lam in exp.lambdas)
+  exp.variant_seeds = exp.seeds
+  _essays(exp, np.random.default_rng(1))
+  truth = report.target_test_truth(exp, "simple_to_complex")
+  rows = make_rows(exp, truth)
+  for r in rows:
+    runner.append_result(exp.results, r)
+  plain = _exp(tmp_path)
+  plain.preset = ""
+  text = intervals.render([plain], [exp, plain], num_samples=200)
+  section = text.split("## The shuffled-domains control across grids")[1]
+  readings = {}
+  for setting in exp.settings:
+    for lam in exp.lambdas:
+      dial = [r for r in rows if r["setting"] == setting and r["mode"] == "dial" and r["lambda"] == lam]
+      d = report.delta_interval([r for r in dial if not r["variant"]],
+                                [r for r in dial if r["variant"] == intervals.CONTROL],
+                                None if setting == "few_shot" else truth, num_samples=200)
+      readings[setting, lam] = intervals.control_reading(d)
+      assert f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] ({readings[setting, lam]})" in section
+  assert readings["few_shot", 1.0] == "no difference" and readings["few_shot", 10.0] == "labels help"
+  assert section.count("| `:ctl` |") == 2 and "| default |" not in section
+  for lam in exp.lambdas:
+    got = [readings[s, lam] for s in exp.settings]
+    assert (f"- λ={lam:g}: the labels help in {got.count('labels help')}, hurt in {got.count('labels hurt')} and "
+            f"make no detectable difference in {got.count('no difference')} of 2 cells.") in section
+  assert "shuffled-domains control" not in intervals.render([plain], [plain], num_samples=50).split("## DIAL's Δ")[1]
