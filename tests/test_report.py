@@ -234,6 +234,9 @@ def test_report_text_bars_and_figures(grid, tmp_path):
   assert "source_val 0.900 (bar " in per_lambda
   variants = text.split("## Variants")[1].split("## Loss balance")[0]
   assert variants.count("`dial.critic_input_scale=none` | 0.01 | 2 |") == 2
+  # The legend describes the variants this grid ran, and only those.
+  assert "`dial.critic_input_scale=none`: the authors' critic on raw embeddings" in variants
+  assert "MMD" not in variants and "pair_differences" not in variants and "domain_labels" not in variants
   assert "`python -m dial_jax.experiments --config=configs/experiments.py --report=PATH`" in text
   assert "preset changes" not in text
   exp.preset = "lpft"  # a preset grid's page names the preset in its rerun commands
@@ -290,6 +293,8 @@ def test_a_variant_at_every_seed_and_lambda_is_chosen_and_barred_as_dial(tmp_pat
   text = report.write_report(exp, str(tmp_path / "rep" / "REPORT.md"), num_samples=100)
   variants = text.split("## Variants")[1].split("## Loss balance")[0]
   assert "| `dial.align=pair_differences` | 10 | 3 |" in variants and variants.count("| label-free |") == 2
+  assert "`dial.align=pair_differences`: aligns the pairs' chosen − rejected" in variants
+  assert "critic_input_scale" not in variants
   line = next(x for x in variants.splitlines() if x.startswith("| few-shot-to-full (TL;DR) | `dial.align=pair_"
                                                                "differences` | 10 |"))
   assert line.endswith(" (n=3) | label-free |") and "| -0.080 [" in line
@@ -439,6 +444,8 @@ def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
   plain = _exp(tmp_path)
   plain.preset = ""
   text = intervals.render([plain], [exp, plain], num_samples=200)
+  legend = report.write_report(exp, str(tmp_path / "ctl" / "REPORT.md"), num_samples=20).split("## Variants")[1]
+  assert "`dial.domain_labels=shuffled`: the same domain loss between random halves of the batch" in legend
   section = text.split("## The shuffled-domains control across grids")[1]
   readings = {}
   for setting in exp.settings:

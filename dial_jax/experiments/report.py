@@ -149,6 +149,25 @@ def delta_interval(source_only: list[dict], dial: list[dict], truth, *, num_samp
           "per_seed": full.tolist()}
 
 
+# What each override a variant may set does, for the report's legend (only those the grid ran are described).
+VARIANT_NOTES = {
+    "dial.critic_input_scale=none": "the authors' critic on raw embeddings (the paper's λ)",
+    "dial.align=pair_differences": "aligns the pairs' chosen − rejected embedding differences (both signs) instead "
+                                   "of the embeddings",
+    "dial.domain_loss=mmd": "replaces the critic's W by multi-kernel MMD² (no critic: its W columns hold MMD², and "
+                            "its critic slope is empty)",
+    "dial.domain_labels=shuffled": "the same domain loss between random halves of the batch (source and target "
+                                   "rows mixed): DIAL's push with no domain information, a control",
+}
+
+
+def variant_legend(variant_keys) -> str:
+  """One sentence per override the given variants set (a variant is ``key=value`` overrides joined by commas)."""
+  overrides = sorted({o for key in variant_keys for o in key.split(",")}, key=lambda o: (o not in VARIANT_NOTES, o))
+  return " ".join(f"`{o}`: {VARIANT_NOTES[o]}." if o in VARIANT_NOTES else f"`{o}`: a config override."
+                  for o in overrides)
+
+
 def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | None = None, *,
               num_samples: int = BOOTSTRAP_SAMPLES) -> dict:
   """Per setting with rows: the runs of each method (grid seeds and lambdas only), both lambda choices, the paired
@@ -732,12 +751,9 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
   if variants:
     lines += ["Same columns, plus Δ vs source-only over the seeds both have (paired bootstrap), and the variant "
               "minus plain DIAL at the same λ and seeds (— where DIAL has no runs at that λ). "
-              "`dial.critic_input_scale=none` is the authors' critic on raw embeddings (the paper's λ); "
-              "`dial.align=pair_differences` aligns the pairs' chosen − rejected embedding differences (both signs) "
-              "instead of the embeddings; `dial.domain_loss=mmd` replaces the critic's W by multi-kernel MMD² (no "
-              "critic: its W columns hold MMD², and its critic slope is empty). A variant run at every seed and λ of "
-              "the grid gets its λ chosen by both "
-              "rules (last column) and the bars below.", "",
+              + variant_legend(key for _, (key, _), _ in variants)
+              + " A variant run at every seed and λ of the grid gets its λ chosen by both rules (last column) and the "
+              "bars below.", "",
               "| setting | variant | λ | n | target_val | target_test | source check | W first → last | W falls | "
               "critic slope | balance | Δ vs source-only [95 %] | variant − DIAL, same λ [95 %] | chosen by |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
