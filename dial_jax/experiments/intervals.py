@@ -64,6 +64,11 @@ def drift_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
   return cells
 
 
+def _table_head(columns: list[str]) -> list[str]:
+  """A Markdown table's header and separator rows."""
+  return ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+
+
 def drift_section(cells: list[dict], lambdas) -> list[str]:
   """Δ against how far source-only ends from its frozen probe, over every complete (grid, setting) cell."""
   lines = ["## DIAL's Δ against source-only's distance from its frozen-feature probe, across grids", "",
@@ -71,8 +76,7 @@ def drift_section(cells: list[dict], lambdas) -> list[str]:
            "the frozen-feature source probe's (negative: fine-tuning on the source ended below the probe it could "
            "have kept). Δ = DIAL's mean minus source-only's, at each λ and at the label-free λ. Simple-to-complex "
            "is in Pearson, the rest in accuracy.", "",
-           "| grid | setting | drift | " + " | ".join(f"Δ λ={lam:g}" for lam in lambdas) + " | Δ label-free λ |",
-           "| --- | --- | --- | " + " | ".join("---" for _ in lambdas) + " | --- |"]
+           *_table_head(["grid", "setting", "drift", *(f"Δ λ={lam:g}" for lam in lambdas), "Δ label-free λ"])]
   for c in cells:
     lf = "none qualifies" if c["label_free"] is None else f"{c['delta_label_free']:+.3f} (λ={c['label_free']:g})"
     lines.append(f"| {c['grid']} | {report.TITLES[c['setting']]} | {c['drift']:+.3f} | "
@@ -120,8 +124,7 @@ def control_section(cells: list[dict], lambdas) -> list[str]:
            "information) at every seed and λ. Each cell: control − DIAL at the same λ, paired by seed, examples "
            "resampled. Below 0 (interval under 0): DIAL beats its own push without the domain labels, so the labels "
            "help; above 0: they hurt. Simple-to-complex is in Pearson, the rest in accuracy.", "",
-           "| grid | setting | " + " | ".join(f"control − DIAL, λ={lam:g}" for lam in lambdas) + " |",
-           "| --- | --- | " + " | ".join("---" for _ in lambdas) + " |"]
+           *_table_head(["grid", "setting", *(f"control − DIAL, λ={lam:g}" for lam in lambdas)])]
   for c in cells:
     lines.append(f"| {c['grid']} | {report.TITLES[c['setting']]} | "
                  + " | ".join(f"{fmt(c['vs'][lam])} ({control_reading(c['vs'][lam])})" for lam in lambdas) + " |")
