@@ -9,12 +9,13 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_control   # lpft_sp + a shuffled control
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_control      # lpft + the same control
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_all_control  # lpft_all + the same control
+  python -m dial_jax.experiments --config=configs/experiments.py:smollm_sp_control # lpft_sp_control on SmolLM2-135M
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
-How it fits a 2-core CPU: the reward model is the bundled Gemma-3-270M with only its top ``top_layers`` layer(s)
-(+ final norm + head) trained in full. The frozen layers below run once per text ("prefix cache",
-``dial_jax/experiments/prefix_cache.py``); the top layer then trains on cached activations through the one training
-loop (``dial_jax.train.loop.train``) and the unchanged DIAL step.
+How it fits a 2-core CPU: the reward model is a bundled backbone (``model``: Gemma-3-270M; SmolLM2-135M in
+``:smollm_sp_control``) with only its top ``top_layers`` layer(s) (+ final norm + head) trained in full. The frozen
+layers below run once per text ("prefix cache", ``dial_jax/experiments/prefix_cache.py``); the top layer then trains
+on cached activations through the one training loop (``dial_jax.train.loop.train``) and the unchanged DIAL step.
 
 Nothing is selected on ``target_test``. DIAL runs at every candidate lambda for every seed, so the report can apply
 both selection rules to finished runs (``dial_jax/experiments/selection.py``): the label-free rule (what a DIAL
@@ -110,6 +111,12 @@ def get_config(arg=None):
     # The third LP-FT regime: no decay, every target pair. Clean-to-noisy (DIAL's one gain over 0.01 there) first.
     c = _with_shuffled_control(get_config("lpft_all"),
                                ("clean_to_noisy", "few_shot", "cross_lingual", "simple_to_complex"))
+  elif arg == "smollm_sp_control":  # lpft_sp_control's design on the second bundled backbone (new prefix caches)
+    # Does what the Gemma grids found hold on another backbone (SmolLM2-135M: Llama architecture, English only)?
+    # Simple-to-complex (Gemma's one clear DIAL gain) and cross-lingual (the widest gap for an English model) first.
+    c = _with_shuffled_control(get_config("lpft_sp"),
+                               ("simple_to_complex", "cross_lingual", "clean_to_noisy", "few_shot"))
+    c.model = "smollm2-135m"
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -135,6 +142,6 @@ def get_config(arg=None):
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
-                     "'lpft_control', 'lpft_all_control', 'lpft_sp2', 'essays512' or 'quick'")
+                     "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c
