@@ -413,11 +413,19 @@ def test_intervals_page_covers_every_grid_and_never_overwrites_a_foreign_file(gr
   drift = text.split("## DIAL's Δ against source-only's distance")[1]
   assert "| default | few-shot-to-full (TL;DR) | +0.070 | +0.020 | +0.100 | +0.100 (λ=10) |" in drift
   assert "Spearman" not in drift
-  cells = [{"grid": "g", "setting": "few_shot", "drift": x, "delta": {1.0: -x, 10.0: -2 * x}, "label_free": None}
-           for x in (-0.1, -0.05, 0.05, 0.1)]
+  # Each backbone is summed up on its own (a second backbone is the out-of-sample check of the first one's
+  # pattern): m1's four cells follow the sign rule, m2's two cells break it once.
+  cells = [{"grid": "g", "model": "m1", "setting": "few_shot", "drift": x, "delta": {1.0: -x, 10.0: -2 * x},
+            "label_free": None} for x in (-0.1, -0.05, 0.05, 0.1)]
+  cells += [{"grid": "h", "model": "m2", "setting": "few_shot", "drift": x, "delta": {1.0: d, 10.0: d},
+             "label_free": None} for x, d in ((-0.1, 0.02), (0.05, 0.03))]
   lines = "\n".join(intervals.drift_section(cells, (1.0, 10.0)))
-  assert "Spearman ρ between drift and the mean Δ over λ: -1.00 (n = 4 cells)" in lines
-  assert "mean Δ is above 0 in 2 of 2 cells; where it ends at or above it, in 0 of 2" in lines
+  assert ("- `m1`: Spearman ρ between drift and the mean Δ over λ: -1.00 (n = 4 cells). Where source-only ends "
+          "below its probe, the mean Δ is above 0 in 2 of 2 cells; where it ends at or above it, in 0 of 2. The sign "
+          "rule (mean Δ above 0 exactly where drift is below 0) holds in 4 of 4.") in lines
+  assert ("- `m2`: 2 cell(s), too few for a correlation. Where source-only ends below its probe, the mean Δ is above "
+          "0 in 1 of 1 cells; where it ends at or above it, in 1 of 1. The sign rule (mean Δ above 0 exactly where "
+          "drift is below 0) holds in 1 of 2.") in lines
   assert "| g | few-shot-to-full (TL;DR) | -0.100 | +0.100 | +0.200 | none qualifies |" in lines
   foreign = tmp_path / "mine.md"
   foreign.write_text("my notes\n")
@@ -461,6 +469,12 @@ def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
   assert section.count("| `:ctl` |") == 2 and "| default |" not in section
   for lam in exp.lambdas:
     got = [readings[s, lam] for s in exp.settings]
-    assert (f"- λ={lam:g}: the labels help in {got.count('labels help')}, hurt in {got.count('labels hurt')} and "
+    assert (f"- `{exp.model}`, λ={lam:g}: the labels help in {got.count('labels help')}, hurt in {got.count('labels hurt')} and "
             f"make no detectable difference in {got.count('no difference')} of 2 cells.") in section
   assert "shuffled-domains control" not in intervals.render([plain], [plain], num_samples=50).split("## DIAL's Δ")[1]
+  # Two backbones: one tally each, never summed together.
+  cells = [{"grid": "g", "model": "m1", "setting": "few_shot", "vs": {1.0: {"delta": -0.1, "lo": -0.2, "hi": -0.05}}},
+           {"grid": "h", "model": "m2", "setting": "few_shot", "vs": {1.0: {"delta": 0.0, "lo": -0.1, "hi": 0.1}}}]
+  tally = "\n".join(intervals.control_section(cells, (1.0,)))
+  assert "- `m1`, λ=1: the labels help in 1, hurt in 0 and make no detectable difference in 0 of 1 cells." in tally
+  assert "- `m2`, λ=1: the labels help in 0, hurt in 0 and make no detectable difference in 1 of 1 cells." in tally

@@ -4,8 +4,9 @@ every grid's Δ beside how far its source-only runs ended from the frozen-featur
 the shuffled-domains control, the control minus DIAL. Reads only the results file and the data files' target_test
 scores, so it also covers grids whose saved embeddings (needed by their own reports' figures, not here) are gone.
 
-  python -m dial_jax.experiments.intervals --presets=default,lpft,lpft_all,lpft_sp,essays512,lpft_sp2 \
-      --controls=lpft_sp_control,lpft_control,lpft_all_control --out=experiments/INTERVALS.md
+  python -m dial_jax.experiments.intervals \
+      --presets=default,lpft,lpft_all,lpft_sp,essays512,lpft_sp2,smollm_sp_control \
+      --controls=lpft_sp_control,lpft_control,lpft_all_control,smollm_sp_control --out=experiments/INTERVALS.md
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def drift_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
       continue
     so = mean(s["source_only"])
     lf = s["choice"]["label_free"]
-    cells.append({"grid": grid_name(exp), "setting": setting, "metric": s["metric"],
+    cells.append({"grid": grid_name(exp), "model": exp.model, "setting": setting, "metric": s["metric"],
                   "drift": so - selection.metric_of(s["frozen_source"][0]["eval"]["target_test"]),
                   "delta": {lam: mean(s["dial"][lam]) - so for lam in exp.lambdas},
                   "label_free": lf, "delta_label_free": None if lf is None else mean(s["dial"][lf]) - so})
@@ -81,18 +82,30 @@ def drift_section(cells: list[dict], lambdas) -> list[str]:
     lf = "none qualifies" if c["label_free"] is None else f"{c['delta_label_free']:+.3f} (λ={c['label_free']:g})"
     lines.append(f"| {c['grid']} | {report.TITLES[c['setting']]} | {c['drift']:+.3f} | "
                  + " | ".join(f"{c['delta'][lam]:+.3f}" for lam in lambdas) + f" | {lf} |")
-  if len(cells) < 3:
-    return lines + [""]
+  lines.append("")
+  for model in dict.fromkeys(c["model"] for c in cells):  # backbones in the order of their first grid
+    lines.append(drift_summary([c for c in cells if c["model"] == model], model))
+  if cells:
+    lines += ["", "Within a backbone the cells share data and, within a setting, splits, so they are not independent "
+              "samples: read ρ as a description of those grids, not a test. A second backbone's cells are the "
+              "out-of-sample check of the first one's pattern.", ""]
+  return lines
+
+
+def drift_summary(cells: list[dict], model: str) -> str:
+  """One backbone's cells: Spearman ρ (from 3 cells on), the sign of the mean Δ on each side of drift 0, and how
+  often the sign rule (mean Δ above 0 exactly where source-only ended below its probe) holds."""
   drift = [c["drift"] for c in cells]
   mean_delta = [float(np.mean(list(c["delta"].values()))) for c in cells]
-  below = [d for c, d in zip(cells, mean_delta) if c["drift"] < 0]
-  above = [d for c, d in zip(cells, mean_delta) if c["drift"] >= 0]
-  lines += ["", f"Spearman ρ between drift and the mean Δ over λ: {metrics.spearman(drift, mean_delta):+.2f} "
-            f"(n = {len(cells)} cells). Where source-only ends below its probe, the mean Δ is above 0 in "
-            f"{sum(d > 0 for d in below)} of {len(below)} cells; where it ends at or above it, in "
-            f"{sum(d > 0 for d in above)} of {len(above)}. The cells share a backbone, data and, within a setting, "
-            "splits, so they are not independent samples: read ρ as a description of these grids, not a test.", ""]
-  return lines
+  below = [d for x, d in zip(drift, mean_delta) if x < 0]
+  above = [d for x, d in zip(drift, mean_delta) if x >= 0]
+  rho = (f"Spearman ρ between drift and the mean Δ over λ: {metrics.spearman(drift, mean_delta):+.2f} "
+         f"(n = {len(cells)} cells). " if len(cells) >= 3 else f"{len(cells)} cell(s), too few for a correlation. ")
+  holds = sum((x < 0) == (d > 0) for x, d in zip(drift, mean_delta))
+  return (f"- `{model}`: {rho}Where source-only ends below its probe, the mean Δ is above 0 in "
+          f"{sum(d > 0 for d in below)} of {len(below)} cells; where it ends at or above it, in "
+          f"{sum(d > 0 for d in above)} of {len(above)}. The sign rule (mean Δ above 0 exactly where drift is below "
+          f"0) holds in {holds} of {len(cells)}.")
 
 
 CONTROL = "dial.domain_labels=shuffled"
@@ -105,7 +118,7 @@ def control_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
   for setting, s in summary.items():
     vs = {lam: s["variant_vs_dial"].get((CONTROL, lam)) for lam in exp.lambdas}
     if all(d is not None and len(d["seeds"]) == len(exp.seeds) for d in vs.values()):
-      cells.append({"grid": grid_name(exp), "setting": setting, "vs": vs})
+      cells.append({"grid": grid_name(exp), "model": exp.model, "setting": setting, "vs": vs})
   return cells
 
 
@@ -129,11 +142,12 @@ def control_section(cells: list[dict], lambdas) -> list[str]:
     lines.append(f"| {c['grid']} | {report.TITLES[c['setting']]} | "
                  + " | ".join(f"{fmt(c['vs'][lam])} ({control_reading(c['vs'][lam])})" for lam in lambdas) + " |")
   lines.append("")
-  for lam in lambdas:
-    readings = [control_reading(c["vs"][lam]) for c in cells]
-    lines.append(f"- λ={lam:g}: the labels help in {readings.count('labels help')}, hurt in "
-                 f"{readings.count('labels hurt')} and make no detectable difference in "
-                 f"{readings.count('no difference')} of {len(cells)} cells.")
+  for model in dict.fromkeys(c["model"] for c in cells):
+    for lam in lambdas:
+      readings = [control_reading(c["vs"][lam]) for c in cells if c["model"] == model]
+      lines.append(f"- `{model}`, λ={lam:g}: the labels help in {readings.count('labels help')}, hurt in "
+                   f"{readings.count('labels hurt')} and make no detectable difference in "
+                   f"{readings.count('no difference')} of {len(readings)} cells.")
   return lines + [""]
 
 
@@ -197,9 +211,10 @@ if __name__ == "__main__":
   from absl import app, flags
   FLAGS = flags.FLAGS
   flags.DEFINE_string("config_file", "configs/experiments.py", "Experiment grid config file.")
-  flags.DEFINE_list("presets", ["default", "lpft", "lpft_all", "lpft_sp", "essays512", "lpft_sp2"],
+  flags.DEFINE_list("presets", ["default", "lpft", "lpft_all", "lpft_sp", "essays512", "lpft_sp2",
+                                "smollm_sp_control"],
                     "Presets of the config file ('default': the grid without a preset).")
-  flags.DEFINE_list("controls", ["lpft_sp_control", "lpft_control", "lpft_all_control"],
+  flags.DEFINE_list("controls", ["lpft_sp_control", "lpft_control", "lpft_all_control", "smollm_sp_control"],
                     "Presets that ran the shuffled-domains control (their control minus DIAL, one section).")
   flags.DEFINE_string("results", None, "Results file (default: each preset's).")
   flags.DEFINE_string("out", "experiments/INTERVALS.md", "Where to write the page.")
