@@ -469,8 +469,9 @@ def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
   assert section.count("| `:ctl` |") == 2 and "| default |" not in section
   for lam in exp.lambdas:
     got = [readings[s, lam] for s in exp.settings]
-    assert (f"- `{exp.model}`, λ={lam:g}: the labels help in {got.count('labels help')}, hurt in {got.count('labels hurt')} and "
-            f"make no detectable difference in {got.count('no difference')} of 2 cells.") in section
+    assert (f"- `{exp.model}`, λ={lam:g}: the labels help in {got.count('labels help')}, hurt in "
+            f"{got.count('labels hurt')} and make no detectable difference in {got.count('no difference')} of 2 "
+            "cells.") in section
   assert "shuffled-domains control" not in intervals.render([plain], [plain], num_samples=50).split("## DIAL's Δ")[1]
   # Two backbones: one tally each, never summed together.
   cells = [{"grid": "g", "model": "m1", "setting": "few_shot", "vs": {1.0: {"delta": -0.1, "lo": -0.2, "hi": -0.05}}},
