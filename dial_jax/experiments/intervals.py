@@ -65,6 +65,14 @@ def drift_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
   return cells
 
 
+def _by_model(cells: list[dict]) -> dict[str, list[dict]]:
+  """Cells grouped by backbone, in the order of each backbone's first cell (one summary each, never pooled)."""
+  groups: dict[str, list[dict]] = {}
+  for c in cells:
+    groups.setdefault(c["model"], []).append(c)
+  return groups
+
+
 def _table_head(columns: list[str]) -> list[str]:
   """A Markdown table's header and separator rows."""
   return ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
@@ -83,8 +91,8 @@ def drift_section(cells: list[dict], lambdas) -> list[str]:
     lines.append(f"| {c['grid']} | {report.TITLES[c['setting']]} | {c['drift']:+.3f} | "
                  + " | ".join(f"{c['delta'][lam]:+.3f}" for lam in lambdas) + f" | {lf} |")
   lines.append("")
-  for model in dict.fromkeys(c["model"] for c in cells):  # backbones in the order of their first grid
-    lines.append(drift_summary([c for c in cells if c["model"] == model], model))
+  for model, group in _by_model(cells).items():
+    lines.append(drift_summary(group, model))
   if cells:
     lines += ["", "Within a backbone the cells share data and, within a setting, splits, so they are not independent "
               "samples: read ρ as a description of those grids, not a test. A second backbone's cells are the "
@@ -142,9 +150,9 @@ def control_section(cells: list[dict], lambdas) -> list[str]:
     lines.append(f"| {c['grid']} | {report.TITLES[c['setting']]} | "
                  + " | ".join(f"{fmt(c['vs'][lam])} ({control_reading(c['vs'][lam])})" for lam in lambdas) + " |")
   lines.append("")
-  for model in dict.fromkeys(c["model"] for c in cells):
+  for model, group in _by_model(cells).items():
     for lam in lambdas:
-      readings = [control_reading(c["vs"][lam]) for c in cells if c["model"] == model]
+      readings = [control_reading(c["vs"][lam]) for c in group]
       lines.append(f"- `{model}`, λ={lam:g}: the labels help in {readings.count('labels help')}, hurt in "
                    f"{readings.count('labels hurt')} and make no detectable difference in "
                    f"{readings.count('no difference')} of {len(readings)} cells.")
