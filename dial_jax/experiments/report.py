@@ -76,9 +76,12 @@ CHANGES = (
 
 
 def grid_rows(exp: ml_collections.ConfigDict, rows: list[dict]) -> list[dict]:
-  """The rows made under ``exp``'s grid (same fingerprint); the rest of the file is ignored."""
+  """The rows of the runs ``exp`` declares (its settings, seeds, λs and variants) made under its grid (same
+  fingerprint); the rest of the file is ignored, including runs of other presets that share the fingerprint (more
+  seeds, a control)."""
   fingerprint = runner.grid_fingerprint(exp)
-  return [r for r in rows if r.get("grid") == fingerprint]
+  declared = {spec.run_id for setting in exp.settings for spec in runner.grid(exp, setting)}
+  return [r for r in rows if r.get("grid") == fingerprint and r["run_id"] in declared]
 
 
 def target_test_truth(exp: ml_collections.ConfigDict, setting: str) -> np.ndarray | None:
