@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dial_jax import losses
+
 
 def pairwise_accuracy(r_chosen, r_rejected) -> float:
   """Fraction of pairs whose chosen response gets the higher reward (ties count one half)."""
@@ -56,6 +58,21 @@ def fisher_interval(r: float, n: int, z: float = 1.959964) -> tuple[float, float
   zr = np.arctanh(np.clip(r, -0.999999, 0.999999))
   half = z / np.sqrt(n - 3)
   return (float(np.tanh(zr - half)), float(np.tanh(zr + half)))
+
+
+def domain_gap(h_s, h_t) -> dict[str, float]:
+  """How far apart two domains' embeddings (``[N_s, D]``, ``[N_t, D]``) are, in units of their pooled RMS norm, so
+  it reads the same at any embedding scale (the grids' critic reads embeddings scaled the same way):
+
+  * ``mean``: ``|mean(h_s) - mean(h_t)|``, the Wasserstein-1 estimate of a converged 1-Lipschitz linear critic
+    (the grids' WDGRL critic is linear), measured directly instead of by training one;
+  * ``mmd``: multi-kernel Gaussian MMD² (``losses.mmd_loss``, bandwidths relative to the pooled distances).
+  """
+  h_s, h_t = np.asarray(h_s, np.float64), np.asarray(h_t, np.float64)
+  pooled = np.concatenate([h_s, h_t])
+  scale = float(np.sqrt(np.mean(np.sum(pooled * pooled, axis=1)))) or 1.0
+  mean = float(np.linalg.norm(h_s.mean(axis=0) - h_t.mean(axis=0)) / scale)
+  return {"mean": mean, "mmd": float(losses.mmd_loss(h_s / scale, h_t / scale))}
 
 
 class MetricWriter:

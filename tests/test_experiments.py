@@ -177,6 +177,12 @@ def test_quick_grid_runs_appends_and_skips_done(quick_grid):
     assert r["eval"]["target_test"]["n"] == 8 and len(scores) == 8
     acc = np.mean((scores > 0) + 0.5 * (scores == 0))
     assert r["eval"]["target_test"]["accuracy"] == pytest.approx(acc)  # per-example scores match the metric
+    gap = r["heldout_gap"]  # few-shot has no source_val: its source check split is source_train (8 pairs)
+    assert (gap["source_split"], gap["target_split"], gap["n_source"], gap["n_target"]) == (
+        "source_train", "target_val", 16, 16)
+    assert 0 < gap["mean"] < 2 and np.isfinite(gap["mmd"]), gap
+  assert rows[0]["heldout_gap"] == rows[1]["heldout_gap"]  # both probes measure the untrained model
+  assert rows[2]["heldout_gap"]["mean"] != rows[0]["heldout_gap"]["mean"]  # training moved the embeddings
   for r in rows[2:]:
     assert len(r["history"]) == exp.train_config.train.num_steps and np.isfinite(r["history"][-1]["loss"])
   dial = rows[3]

@@ -120,3 +120,21 @@ def test_metric_writer_round_trip(tmp_path):
   row = json.loads((tmp_path / "metrics.jsonl").read_text())
   assert (row["step"], row["kind"], row["accuracy"], row["v"]) == (3, "eval/x", 0.75, [0, 1])
   assert not (tmp_path / "nowhere").exists()
+
+
+def test_domain_gap_is_the_mean_distance_in_rms_units_at_any_scale():
+  """Two clouds whose means are 3 apart along one axis: the gap is |mean difference| / pooled RMS norm (by hand),
+  the same at 100x the scale (LLM hidden states have norms ~100), and MMD² is near 0 for two draws of one cloud."""
+  rng = np.random.default_rng(0)
+  h_s = rng.normal(0.0, 1.0, (400, 8))
+  h_t = rng.normal(0.0, 1.0, (500, 8)) + np.eye(8)[0] * 3.0
+  pooled = np.concatenate([h_s, h_t])
+  expected = np.linalg.norm(h_s.mean(0) - h_t.mean(0)) / np.sqrt(np.mean(np.sum(pooled**2, axis=1)))
+  gap = metrics.domain_gap(h_s, h_t)
+  assert gap["mean"] == pytest.approx(expected, rel=1e-9)
+  assert 0.78 < gap["mean"] < 0.88  # 3 / sqrt(8 + 9 * 5/9) = 0.83
+  scaled = metrics.domain_gap(100.0 * h_s, 100.0 * h_t)
+  assert scaled["mean"] == pytest.approx(gap["mean"], rel=1e-9)
+  assert scaled["mmd"] == pytest.approx(gap["mmd"], rel=1e-4)
+  same = metrics.domain_gap(h_s, rng.normal(0.0, 1.0, (500, 8)))
+  assert same["mean"] < 0.15 and same["mmd"] < 0.1 * gap["mmd"]

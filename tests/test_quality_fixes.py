@@ -220,6 +220,26 @@ def test_label_free_lambda_is_the_largest_that_keeps_source_accuracy_while_w_fal
   assert selection.target_val_lambda(dial) == 100.0  # the reference rule reads target labels
 
 
+def test_heldout_rule_compares_the_final_gap_with_source_only_and_ignores_w_over_training():
+  """The revised label-free rule: W rises in every DIAL run (a critic still converging), so the first rule picks no
+  lambda; the held-out rule keeps the largest lambda that passes the source check and ends with a held-out gap below
+  source-only's mean (0.50)."""
+  def gapped(row, gap):
+    return {**row, "heldout_gap": {"mean": gap, "mmd": gap / 10}}
+  so = [gapped(_row("source_only", 0.0, s, val=0.6, src=0.80), 0.50 + 0.01 * s) for s in range(3)]
+  dial = {
+      1.0: [gapped(_row("dial", 1.0, s, val=0.6, src=0.80, w=(1.0, 2.0)), 0.45) for s in range(3)],
+      10.0: [gapped(_row("dial", 10.0, s, val=0.6, src=0.79, w=(1.0, 2.0)), 0.40) for s in range(3)],
+      100.0: [gapped(_row("dial", 100.0, s, val=0.6, src=0.60, w=(1.0, 2.0)), 0.10) for s in range(3)],  # no source fit
+  }
+  assert selection.label_free_lambda(so, dial) is None  # W rises everywhere
+  assert selection.label_free_heldout_lambda(so, dial) == 10.0
+  dial[10.0] = [gapped(r, 0.52) for r in dial[10.0]]  # above source-only's mean gap (0.51): not aligned
+  assert selection.label_free_heldout_lambda(so, dial) == 1.0
+  dial[1.0][2] = {k: v for k, v in dial[1.0][2].items() if k != "heldout_gap"}  # a row from before the gap
+  assert not selection.has_heldout_gap(so, dial) and selection.label_free_heldout_lambda(so, dial) is None
+
+
 def test_w_falls_reads_the_domain_gap_of_every_distance_loss():
   """W for WDGRL rows (old rows log only ``wasserstein``), ``domain_gap`` for new rows, and for old MMD / CORAL
   variant rows (which logged neither) the gap the step's loss implies: (loss - source_loss) / lambda."""

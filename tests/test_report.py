@@ -169,13 +169,44 @@ def test_summary_numbers_choices_and_other_grids_ignored(grid):
     assert (s["done"], s["expected"]) == (2 + 3 * 4 + 2, 2 + 3 * 4 + 2)
     assert not s["bad_scores"]
     # Δ under each rule: the point estimate is the mean over seeds of the paired metric differences.
-    for rule in report.RULES:
+    for rule in s["choice"]:
       lam = s["choice"][rule]
       d = s["deltas"][lam]
       want = np.mean([report._test(b) - report._test(a) for a, b in zip(s["source_only"], s["dial"][lam])])
       assert d["seeds"] == [0, 1, 2] and d["delta"] == pytest.approx(want, abs=1e-6) and d["lo"] < d["delta"] < d["hi"]
   # The stale 0.99 source-only rows of the old grid did not enter the mean.
   assert max(report._test(r) for r in summary["few_shot"]["source_only"]) < 0.7
+
+
+def test_heldout_rule_column_and_section_only_where_runs_measured_the_gap(grid, tmp_path):
+  """Rows with a held-out gap get the third rule (its own main-table columns, bars and gap table); the grid's other
+  rows, made before the gap was measured, keep the two-rule report (checked by the test above)."""
+  exp, rows, truth = grid
+  gap = {"source_only": 0.50, "dial1": 0.45, "dial10": 0.55, "oracle": 0.60, "frozen_source": 0.40}
+  gapped = [dict(r, heldout_gap={"mean": gap.get(_key_of(r), 0.7), "mmd": 0.01, "n_source": 200, "n_target": 200,
+                                 "source_split": "source_val", "target_split": "target_val"}) for r in rows]
+  summary = report.summarize(exp, gapped, {"simple_to_complex": truth}, num_samples=200)
+  # few-shot: both λ pass the source check, but only λ=1 ends below source-only's gap; simple-to-complex: λ=10 fails
+  # the source check and λ=1 is below.
+  assert summary["few_shot"]["choice"] == {"label_free": 10.0, "label_free_heldout": 1.0, "target_val": 1.0}
+  assert summary["simple_to_complex"]["choice"]["label_free_heldout"] == 1.0
+  text = report.render(exp, summary, gapped, {})
+  assert "| DIAL, label-free (held-out gap) λ | Δ label-free (held-out gap) [95 %] |" in text
+  fs = next(line for line in text.splitlines() if line.startswith("| few-shot-to-full (TL;DR) | accuracy |"))
+  assert fs.count("|") == 14  # 13 columns: two more than the two-rule table
+  assert "DIAL (label-free (held-out gap) λ) mean above source-only: **met** — λ=1:" in text
+  section = text.split("## The held-out domain gap")[1].split("## Variants")[0]
+  assert "| few-shot-to-full (TL;DR) | source-only | 0.500 ± 0.000 (n=3) |" in section
+  assert "| few-shot-to-full (TL;DR) | DIAL λ=1 | 0.450 ± 0.000 (n=3) | 0.0100 ± 0.0000 (n=3) | label-free (held-out " \
+         "gap) |" in section
+  assert "| few-shot-to-full (TL;DR) | frozen | 0.400 (n=1) |" in section
+  assert "## The held-out domain gap" not in report.render(exp, report.summarize(exp, rows, {"simple_to_complex": truth},
+                                                                                 num_samples=50), rows, {})
+
+
+def _key_of(row):
+  return _key(runner.RunSpec(row["setting"], row["mode"], row["domain_loss"], row["lambda"], row["learning_rate"],
+                             row["seed"], row["variant"]))
 
 
 def test_report_text_bars_and_figures(grid, tmp_path):

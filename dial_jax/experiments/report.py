@@ -33,8 +33,10 @@ TITLES = {
     "few_shot": "few-shot-to-full (TL;DR)",
     "simple_to_complex": "simple-to-complex (UKPConvArg -> ASAP)",
 }
-RULES = ("label_free", "target_val")
-RULE_NAMES = {"label_free": "label-free", "target_val": "target_val"}
+RULES = ("label_free", "label_free_heldout", "target_val")
+RULE_NAMES = {"label_free": "label-free", "label_free_heldout": "label-free (held-out gap)", "target_val": "target_val"}
+GUARDS = {"label_free": "source check or falling W", "label_free_heldout": "source check or held-out gap",
+          "target_val": "no target_val runs"}
 ORACLE_MARGIN = {"accuracy": 0.05, "pearson": 0.10}   # issue 13: oracle >= source-only + this
 CONSISTENCY_TOL = 1e-3   # a run's test_scores must reproduce its recorded test metric to this
 BOOTSTRAP_SAMPLES = 2000
@@ -171,6 +173,21 @@ def variant_legend(variant_keys) -> str:
                   for o in overrides)
 
 
+def choices(source_only: list[dict], dial: dict[float, list[dict]]) -> dict[str, float | None]:
+  """Each rule's λ (None: none qualifies), in ``RULES`` order; the held-out-gap rule only where every run it reads
+  measured the gap (rows made before it have none)."""
+  out = {"label_free": selection.label_free_lambda(source_only, dial)}
+  if selection.has_heldout_gap(source_only, dial):
+    out["label_free_heldout"] = selection.label_free_heldout_lambda(source_only, dial)
+  out["target_val"] = selection.target_val_lambda(dial)
+  return out
+
+
+def rules_in(summary: dict) -> list[str]:
+  """The rules any setting of ``summary`` applied, in ``RULES`` order."""
+  return [r for r in RULES if any(r in s["choice"] for s in summary.values())]
+
+
 def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | None = None, *,
               num_samples: int = BOOTSTRAP_SAMPLES) -> dict:
   """Per setting with rows: the runs of each method (grid seeds and lambdas only), both lambda choices, the paired
@@ -187,7 +204,7 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | N
     dial = {lam: [r for r in by_mode("dial") if r["lambda"] == lam] for lam in exp.lambdas}
     dial = {lam: v for lam, v in dial.items() if v}
     so = by_mode("source_only")
-    choice = {"label_free": selection.label_free_lambda(so, dial), "target_val": selection.target_val_lambda(dial)}
+    choice = choices(so, dial)
     truth = truths.get(setting)
     deltas = {}
     for lam in set(choice.values()) - {None}:
@@ -208,8 +225,7 @@ def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | N
     variant_methods = {}
     for variant, runs_by_lam in families.items():
       if set(runs_by_lam) == set(exp.lambdas) and tuple(exp.variant_seeds) == tuple(exp.seeds):
-        ch = {"label_free": selection.label_free_lambda(so, runs_by_lam),
-              "target_val": selection.target_val_lambda(runs_by_lam)}
+        ch = choices(so, runs_by_lam)
         chosen = set(ch.values()) - {None}
         variant_methods[variant] = {"dial": runs_by_lam, "choice": ch,
                                     "deltas": {lam: variant_deltas[(variant, lam)] for lam in chosen}}
@@ -260,7 +276,7 @@ def seed_interval_lines(summary: dict) -> list[str]:
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for setting, s in summary.items():
     for method, m in _methods(s):
-      for rule in RULES:
+      for rule in m["choice"]:
         lam = m["choice"][rule]
         d = None if lam is None else m["deltas"].get(lam)
         if d is None:
@@ -275,10 +291,10 @@ def seed_interval_lines(summary: dict) -> list[str]:
 def seed_interval_tally(exp: ml_collections.ConfigDict, summary: dict) -> str:
   """In how many settings DIAL's chosen-λ interval with the seeds resampled too is above 0 (full cells only)."""
   parts = []
-  for rule in RULES:
+  for rule in rules_in(summary):
     above = []
     for setting, s in summary.items():
-      lam = s["choice"][rule]
+      lam = s["choice"].get(rule)
       d = None if lam is None else s["deltas"].get(lam)
       if d is not None and len(d["seeds"]) == len(exp.seeds) and d["lo_seeds"] > 0:
         above.append(TITLES[setting].split(" (")[0])
@@ -309,12 +325,12 @@ def bars(exp: ml_collections.ConfigDict, s: dict) -> list[tuple[str, str, str]]:
   def counts(cells):
     return ", ".join(f"{k} n={n}/{seeds}" for k, n in cells.items())
 
-  for rule in RULES:
+  for rule in s["choice"]:
     lam = s["choice"][rule]
     name = f"DIAL ({RULE_NAMES[rule]} λ) mean above source-only"
     cells = {"source-only": so[2]} | {f"DIAL λ={k:g}": len(s["dial"].get(k, [])) for k in exp.lambdas}
     if lam is None:
-      why = "no λ qualifies (source check or falling W)" if s["dial"] else "no DIAL runs yet"
+      why = f"no λ qualifies ({GUARDS[rule]})" if s["dial"] else "no DIAL runs yet"
       st = status(False, cells)
       out.append((name, st, f"{why}; {counts(cells)}"))
       out.append((f"Δ interval ({RULE_NAMES[rule]} λ) excludes 0 above", st, why))
@@ -358,7 +374,7 @@ def variant_bars(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
     swapped = {setting: {**s, **s["variant_methods"][variant]} for setting, s in summary.items()
                if variant in s["variant_methods"]}
     choices = "; ".join(f"{TITLES[k]}: " + ", ".join(
-        f"{RULE_NAMES[r]} λ={'none' if v['choice'][r] is None else format(v['choice'][r], 'g')}" for r in RULES)
+        f"{RULE_NAMES[r]} λ={'none' if v['choice'][r] is None else format(v['choice'][r], 'g')}" for r in v["choice"])
         for k, v in swapped.items())
     lines += ["", f"Issue 13's bars with `{variant}` in DIAL's place ({choices}):", ""] + overall(exp, swapped)
   return lines
@@ -386,7 +402,7 @@ def overall(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
     return met, word + (f" (fails in: {', '.join(failed)})" if failed else "")
 
   lines = []
-  for rule in RULES:
+  for rule in rules_in(summary):
     r = RULE_NAMES[rule]
     m1, w1 = tally(f"DIAL ({r} λ) mean above source-only", n)
     m2, w2 = tally(f"Δ interval ({r} λ) excludes 0 above", 2)
@@ -416,7 +432,7 @@ def method_bars(s: dict) -> list[tuple[str, list[float], float | None]]:
   """(label, per-run test metrics, paper number) of the figure's bars for one setting."""
   out = [("frozen\nsource", [_test(r) for r in s["frozen_source"]], None),
          ("source-\nonly", [_test(r) for r in s["source_only"]], None)]
-  for rule in RULES:
+  for rule in s["choice"]:
     lam = s["choice"][rule]
     label = f"DIAL\n{RULE_NAMES[rule]}\n" + ("no λ" if lam is None else f"λ={lam:g}")
     out.append((label, [_test(r) for r in dial_runs(s, rule)], None))
@@ -544,7 +560,7 @@ def _embedding_files(exp: ml_collections.ConfigDict, s: dict) -> dict[str, tuple
 
   add("source_only", "after source-only", s["source_only"])
   chosen = {}
-  for rule in RULES:
+  for rule in s["choice"]:
     if s["choice"][rule] is not None:
       chosen.setdefault(s["choice"][rule], []).append(RULE_NAMES[rule])
   for lam, names in chosen.items():
@@ -662,6 +678,11 @@ def _compute_text(summary: dict, rows: list[dict]) -> list[str]:
   return lines
 
 
+HELDOUT_RULE_TEXT = (
+    " **label-free (held-out gap)** — the first rule with \"W falls\" replaced by \"the mean held-out domain gap "
+    "is below source-only's\" (fixed before the runs that test it; the gap: `runner.heldout_gap`, section below).")
+
+
 def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figures: dict[str, str]) -> str:
   fp = runner.grid_fingerprint(exp)
   commits = sorted({r.get("commit", "?") for r in rows})
@@ -675,6 +696,7 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
   if not summary:
     lines += [f"No runs of this grid in `{exp.results}` yet.", ""]
   lines += _methods_text(exp, summary)
+  rules = rules_in(summary)
 
   lines += [
       "## Target test metric", "",
@@ -684,17 +706,21 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
       "**target_val** — the best mean target_val metric (needs target labels; a reference). Δ = DIAL − source-only "
       f"with its paired bootstrap 95 % interval (runs paired by seed, target_test examples resampled, "
       f"{BOOTSTRAP_SAMPLES} draws, seed {BOOTSTRAP_SEED}; accuracy of margins for pairs, Pearson with the true "
-      "scores for ASAP). The paper's numbers (its own backbone and training budget) are for reference only.", "",
-      "| setting | metric | frozen source | source-only | DIAL, label-free λ | Δ label-free [95 %] "
-      "| DIAL, target_val λ | Δ target_val [95 %] | oracle | frozen oracle | paper src → DIAL |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+      "scores for ASAP). The paper's numbers (its own backbone and training budget) are for reference only."
+      + (HELDOUT_RULE_TEXT if "label_free_heldout" in rules else ""), "",
+      "| setting | metric | frozen source | source-only | "
+      + " | ".join(f"DIAL, {RULE_NAMES[r]} λ | Δ {RULE_NAMES[r]} [95 %]" for r in rules)
+      + " | oracle | frozen oracle | paper src → DIAL |",
+      "| --- | --- | --- | --- | " + "--- | --- | " * len(rules) + "--- | --- | --- |",
   ]
   for setting, s in summary.items():
     cells = [TITLES[setting], s["metric"], _fmt(stats(_test(r) for r in s["frozen_source"])),
              _fmt(stats(_test(r) for r in s["source_only"]))]
-    for rule in RULES:
-      lam = s["choice"][rule]
-      if lam is None:
+    for rule in rules:
+      lam = s["choice"].get(rule)
+      if rule not in s["choice"]:
+        cells += ["—", "—"]
+      elif lam is None:
         cells += ["no λ qualifies" if s["dial"] else "—", "—"]
       else:
         cells += [f"λ={lam:g}: {_fmt(stats(_test(r) for r in s['dial'][lam]))}", _fmt_delta(s["deltas"].get(lam))]
@@ -747,7 +773,9 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
       check = None
     for lam, runs in sorted(s["dial"].items()):
       lines.append(f"| {TITLES[setting]} | DIAL λ={lam:g} | " + " | ".join(_lambda_cells(runs, check)) + " | "
-                   + ", ".join(RULE_NAMES[r] for r in RULES if s["choice"][r] == lam) + " |")
+                   + ", ".join(RULE_NAMES[r] for r in s["choice"] if s["choice"][r] == lam) + " |")
+
+  lines += heldout_section(summary)
 
   variants = [(setting, k, v) for setting, s in summary.items() for k, v in s["variants"].items()]
   lines += ["", "## Variants", ""]
@@ -764,7 +792,7 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
       so = summary[setting]["source_only"]
       check = selection.source_check(so)[0] if so else None
       method = summary[setting]["variant_methods"].get(variant)
-      chosen = ", ".join(RULE_NAMES[r] for r in RULES if method and method["choice"][r] == lam)
+      chosen = ", ".join(RULE_NAMES[r] for r in (method or {}).get("choice", {}) if method["choice"][r] == lam)
       lines.append(f"| {TITLES[setting]} | `{variant}` | {lam:g} | " + " | ".join(_lambda_cells(runs, check))
                    + f" | {_fmt_delta(summary[setting]['variant_deltas'][(variant, lam)])} "
                    f"| {_fmt_delta(summary[setting]['variant_vs_dial'].get((variant, lam)))} | {chosen} |")
@@ -808,6 +836,31 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
             f"`python -m dial_jax.experiments --config={config_arg} --report=PATH` (resumes; skips finished runs), "
             f"and `python -m dial_jax.experiments.report --config={config_arg} --out=PATH` to rebuild this page."]
   return "\n".join(lines) + "\n"
+
+
+def heldout_section(summary: dict) -> list[str]:
+  """Per setting and run kind, the held-out domain gap of the final embeddings (rows that measured it only)."""
+  if not any(selection.heldout_gap(r) is not None for s in summary.values() for r in s["rows"]):
+    return []
+  lines = ["", "## The held-out domain gap", "",
+           "Measured once each run ends (`runner.heldout_gap`, labels unused): the final embeddings of every text of "
+           "the source check split (source_val; few-shot: source_train) against target_val, in units of their "
+           "pooled RMS norm. Gap: the distance between the two means, what a converged 1-Lipschitz linear critic "
+           "estimates (the label-free held-out rule reads it); MMD²: multi-kernel Gaussian. Frozen: the untrained "
+           "model. Mean ± sample std over seeds.", "",
+           "| setting | run | gap | MMD² | chosen by |", "| --- | --- | --- | --- | --- |"]
+  for setting, s in summary.items():
+    kinds = [("frozen", s["frozen_source"]), ("source-only", s["source_only"])]
+    kinds += [(f"DIAL λ={lam:g}", runs) for lam, runs in sorted(s["dial"].items())] + [("oracle", s["oracle"])]
+    for name, runs in kinds:
+      gaps = [r["heldout_gap"] for r in runs if selection.heldout_gap(r) is not None]
+      if not gaps:
+        continue
+      lam = float(name.split("=")[1]) if name.startswith("DIAL") else None
+      chosen = "label-free (held-out gap)" if lam is not None and s["choice"].get("label_free_heldout") == lam else ""
+      lines.append(f"| {TITLES[setting]} | {name} | {_fmt(stats(g['mean'] for g in gaps))} | "
+                   f"{_fmt(stats(g['mmd'] for g in gaps), 4)} | {chosen} |")
+  return lines
 
 
 def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:

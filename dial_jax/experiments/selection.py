@@ -1,12 +1,18 @@
 """Choosing DIAL's lambda from finished runs, and the paired bootstrap of the gain over source-only (test examples
 resampled; optionally the training seeds too).
 
-Two rules, both over runs averaged across seeds, never reading ``target_test``:
+Three rules, all over runs averaged across seeds, never reading ``target_test``:
 
 * **label-free** (what a DIAL user can do, no target labels): the largest lambda whose mean source-validation
   accuracy stays within one standard error of source-only's while the domain gap W falls during training
   (mean W of the last logged window below that of the first). Few-shot has no source validation split, so
   there the check reads the source training pairs.
+* **label-free, held-out gap** (a revision of the first, fixed in writing before the runs that test it: see
+  ``experiments/smollm_fresh/NOTES.md``): the same source check, with "W falls" replaced by "the mean held-out domain
+  gap is below source-only's". The gap (``runner.heldout_gap``) is measured once training ends, on the final
+  embeddings of the source check split against target_val (labels unused), directly (``metrics.domain_gap``'s
+  ``mean``: what a converged linear critic estimates), so it needs no critic to converge: the first rule compares a
+  run's W with its own first window, while the critic is still learning, so W can rise in every run.
 * **target_val** (a reference that needs target labels): the lambda with the best mean target_val metric.
 """
 from __future__ import annotations
@@ -84,6 +90,31 @@ def label_free_lambda(source_only: Sequence[dict], dial: dict[float, Sequence[di
   ok = [lam for lam, rows in dial.items() if rows
         and _mean(metric_of(r["eval"][split]) for r in rows) >= p - se
         and np.mean([w_falls(r) for r in rows]) > 0.5]
+  return max(ok) if ok else None
+
+
+def heldout_gap(row: dict) -> float | None:
+  """The run's held-out domain gap (``runner.heldout_gap``'s ``mean``); None for rows made before it was measured."""
+  return (row.get("heldout_gap") or {}).get("mean")
+
+
+def has_heldout_gap(source_only: Sequence[dict], dial: dict[float, Sequence[dict]]) -> bool:
+  """Whether every run the held-out rule reads measured the gap (rows from before it did not)."""
+  runs = [*source_only, *(r for rows in dial.values() for r in rows)]
+  return bool(runs) and all(heldout_gap(r) is not None for r in runs)
+
+
+def label_free_heldout_lambda(source_only: Sequence[dict], dial: dict[float, Sequence[dict]]) -> float | None:
+  """The label-free rule with the held-out gap (see the module docstring): the largest lambda whose mean
+  source-check metric is at least source-only's minus one SE and whose mean held-out gap is below source-only's;
+  None when none qualifies or a run has no gap."""
+  if not source_only or not dial or not has_heldout_gap(source_only, dial):
+    return None
+  split, p, se = source_check(source_only)
+  so_gap = _mean(heldout_gap(r) for r in source_only)
+  ok = [lam for lam, rows in dial.items() if rows
+        and _mean(metric_of(r["eval"][split]) for r in rows) >= p - se
+        and _mean(heldout_gap(r) for r in rows) < so_gap]
   return max(ok) if ok else None
 
 
