@@ -373,10 +373,10 @@ def variant_bars(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
   for variant in sorted({v for s in summary.values() for v in s["variant_methods"]}):
     swapped = {setting: {**s, **s["variant_methods"][variant]} for setting, s in summary.items()
                if variant in s["variant_methods"]}
-    choices = "; ".join(f"{TITLES[k]}: " + ", ".join(
+    picked = "; ".join(f"{TITLES[k]}: " + ", ".join(
         f"{RULE_NAMES[r]} λ={'none' if v['choice'][r] is None else format(v['choice'][r], 'g')}" for r in v["choice"])
         for k, v in swapped.items())
-    lines += ["", f"Issue 13's bars with `{variant}` in DIAL's place ({choices}):", ""] + overall(exp, swapped)
+    lines += ["", f"Issue 13's bars with `{variant}` in DIAL's place ({picked}):", ""] + overall(exp, swapped)
   return lines
 
 
@@ -850,14 +850,14 @@ def heldout_section(summary: dict) -> list[str]:
            "model. Mean ± sample std over seeds.", "",
            "| setting | run | gap | MMD² | chosen by |", "| --- | --- | --- | --- | --- |"]
   for setting, s in summary.items():
-    kinds = [("frozen", s["frozen_source"]), ("source-only", s["source_only"])]
-    kinds += [(f"DIAL λ={lam:g}", runs) for lam, runs in sorted(s["dial"].items())] + [("oracle", s["oracle"])]
-    for name, runs in kinds:
+    kinds = [("frozen", s["frozen_source"], None), ("source-only", s["source_only"], None)]
+    kinds += [(f"DIAL λ={lam:g}", runs, lam) for lam, runs in sorted(s["dial"].items())]
+    for name, runs, lam in kinds + [("oracle", s["oracle"], None)]:
       gaps = [r["heldout_gap"] for r in runs if selection.heldout_gap(r) is not None]
       if not gaps:
         continue
-      lam = float(name.split("=")[1]) if name.startswith("DIAL") else None
-      chosen = "label-free (held-out gap)" if lam is not None and s["choice"].get("label_free_heldout") == lam else ""
+      picked = lam is not None and s["choice"].get("label_free_heldout") == lam
+      chosen = RULE_NAMES["label_free_heldout"] if picked else ""
       lines.append(f"| {TITLES[setting]} | {name} | {_fmt(stats(g['mean'] for g in gaps))} | "
                    f"{_fmt(stats(g['mmd'] for g in gaps), 4)} | {chosen} |")
   return lines
