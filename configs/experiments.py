@@ -11,6 +11,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_all_control  # lpft_all + the same control
   python -m dial_jax.experiments --config=configs/experiments.py:smollm_sp_control # lpft_sp_control on SmolLM2-135M
   python -m dial_jax.experiments --config=configs/experiments.py:smollm_fresh      # its plain grid at 5 new seeds
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_fresh     # lpft_sp's plain grid, 5 new seeds
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is a bundled backbone (``model``: Gemma-3-270M; SmolLM2-135M in
@@ -124,6 +125,13 @@ def get_config(arg=None):
     c = get_config("smollm_sp_control")
     c.seeds = (5, 6, 7, 8, 9)
     c.variants, c.variant_seeds = (), ()
+  elif arg == "lpft_sp_fresh":  # lpft_sp's plain grid (same fingerprint: its probes are reused) at 5 new seeds, on
+    # the presets' backbone: the second test of the held-out label-free rule (experiments/lpft_sp_fresh/NOTES.md).
+    # Clean-to-noisy first: the setting where the two label-free rules are expected to disagree.
+    c = get_config("lpft_sp")
+    c.settings = ("clean_to_noisy", "simple_to_complex", "cross_lingual", "few_shot")
+    c.seeds = (5, 6, 7, 8, 9)
+    c.variants, c.variant_seeds = (), ()
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -149,7 +157,7 @@ def get_config(arg=None):
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
-                     "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp2', 'essays512' "
-                     "or 'quick'")
+                     "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp_fresh', "
+                     "'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c
