@@ -64,14 +64,41 @@ class Scorer:
     return (rewards, embeddings) if return_embeddings else rewards
 
 
+def texts_of(domain) -> list:
+  """Every text of a split, in the order scored: chosen then rejected (pairs), or the texts (scored)."""
+  return list(domain.chosen) + list(domain.rejected) if domain.kind == "pairs" else list(domain.texts)
+
+
+def heldout_gap(embeddings: dict[str, np.ndarray]) -> dict | None:
+  """``metrics.domain_gap`` of a model's embeddings (``{split: [texts, D]}``) on held-out texts, labels unused: the
+  source check split (source_val; without one, as in few-shot: source_train) against target_val. Measured directly,
+  it has no critic to converge (the label-free rule ``selection.label_free_heldout_lambda`` reads it). None without
+  target_val or a source split."""
+  source = "source_val" if "source_val" in embeddings else "source_train"
+  if "target_val" not in embeddings or source not in embeddings:
+    return None
+  h_s, h_t = embeddings[source], embeddings["target_val"]
+  return {"source_split": source, "target_split": "target_val", "n_source": len(h_s), "n_target": len(h_t),
+          **metrics.domain_gap(h_s, h_t)}
+
+
 def evaluate_domain(scorer: Scorer, domain, *, progress: bool = False, desc: str = "eval",
-                    keep_scores: bool = False) -> dict[str, float]:
+                    keep_scores: bool = False, keep_embeddings: bool = False) -> dict[str, float]:
   """Pairwise accuracy (pairs) or Pearson/Spearman with the human score (scored texts) of one split, each with a
   95 % interval (Wilson for accuracy, Fisher z for correlations) and its chance level. Non-finite rewards are
   counted and reported (``nonfinite_rewards``) and the metric is then None, never silently scored as wrong.
-  ``keep_scores`` adds the per-example ``margins`` (chosen - rejected) or ``rewards`` (for paired bootstraps)."""
+  ``keep_scores`` adds the per-example ``margins`` (chosen - rejected) or ``rewards`` (for paired bootstraps);
+  ``keep_embeddings`` the ``embeddings`` of every text (``texts_of`` order), from the same forward pass."""
+  scored = scorer.score_tokens(texts_of(domain), progress=progress, desc=desc, return_embeddings=keep_embeddings)
+  rewards, embeddings = scored if keep_embeddings else (scored, None)
+  out = _metrics_of(domain, rewards, keep_scores)
+  if keep_embeddings:
+    out["embeddings"] = embeddings
+  return out
+
+
+def _metrics_of(domain, rewards: np.ndarray, keep_scores: bool) -> dict:
   if domain.kind == "pairs":
-    rewards = scorer.score_tokens(list(domain.chosen) + list(domain.rejected), progress=progress, desc=desc)
     n = len(domain.chosen)
     chosen, rejected = rewards[:n], rewards[n:]
     bad = int(np.sum(~np.isfinite(chosen) | ~np.isfinite(rejected)))
@@ -83,7 +110,6 @@ def evaluate_domain(scorer: Scorer, domain, *, progress: bool = False, desc: str
     if keep_scores:
       out["margins"] = (chosen - rejected).tolist()
     return out
-  rewards = scorer.score_tokens(domain.texts, progress=progress, desc=desc)
   n = len(domain.texts)
   bad = int(np.sum(~np.isfinite(rewards)))
   if bad:

@@ -121,6 +121,28 @@ def test_results_json_is_strict_with_intervals_and_chance(finished):
   assert lo <= test["accuracy"] <= hi and 0 < hi - lo < 1 and test["chance"] == 0.5 and test["n"] == 8
 
 
+def test_results_json_holds_the_heldout_gap_of_the_trained_model(dirs, finished):
+  """results.json's held-out domain gap (what the label-free held-out rule reads) is ``metrics.domain_gap`` of the
+  trained model's embeddings of the source check split and target_val, recomputed here from the saved workdir."""
+  workdir, _ = finished
+  gap = json.loads((workdir / "results.json").read_text())["heldout_gap"]
+  from dial_jax import metrics, workdir as workdir_lib
+  from dial_jax.inference import texts_of
+  from dial_jax.train import loop
+  config = workdir_lib.load_config(workdir)
+  scorer = workdir_lib.load_scorer(workdir, batch_size=config.data.eval_batch_size, max_length=64)
+  source, _, evals = loop.load_data(config, scorer.tokenizer)
+  domains = {"source_train": source, **evals}
+  assert gap["source_split"] == ("source_val" if "source_val" in evals else "source_train")
+  embed = lambda split: scorer.score_tokens(texts_of(domains[split]), return_embeddings=True)[1]
+  h_s, h_t = embed(gap["source_split"]), embed("target_val")
+  assert (gap["n_source"], gap["n_target"]) == (len(h_s), len(h_t)) and len(h_t) == 16  # 8 pairs, both sides
+  want = metrics.domain_gap(h_s, h_t)
+  assert gap["mean"] == pytest.approx(want["mean"], rel=1e-4) and gap["mmd"] == pytest.approx(want["mmd"], rel=1e-3)
+  jsonl = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["mean"] for r in jsonl if r["kind"] == "heldout_gap"] == [pytest.approx(gap["mean"])]
+
+
 def test_resuming_another_run_is_refused_and_config_json_kept(dirs, finished, tmp_path):
   workdir = tmp_path / "w"
   shutil.copytree(finished[0], workdir)

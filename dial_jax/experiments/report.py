@@ -680,7 +680,7 @@ def _compute_text(summary: dict, rows: list[dict]) -> list[str]:
 
 HELDOUT_RULE_TEXT = (
     " **label-free (held-out gap)** — the first rule with \"W falls\" replaced by \"the mean held-out domain gap "
-    "is below source-only's\" (fixed before the runs that test it; the gap: `runner.heldout_gap`, section below).")
+    "is below source-only's\" (fixed before the runs that test it; the gap: `inference.heldout_gap`, section below).")
 
 
 def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figures: dict[str, str]) -> str:
@@ -843,8 +843,8 @@ def heldout_section(summary: dict) -> list[str]:
   if not any(selection.heldout_gap(r) is not None for s in summary.values() for r in s["rows"]):
     return []
   lines = ["", "## The held-out domain gap", "",
-           "Measured once each run ends (`runner.heldout_gap`, labels unused): the final embeddings of every text of "
-           "the source check split (source_val; few-shot: source_train) against target_val, in units of their "
+           "Measured once each run ends (`inference.heldout_gap`, labels unused): the final embeddings of every text "
+           "of the source check split (source_val; few-shot: source_train) against target_val, in units of their "
            "pooled RMS norm. Gap: the distance between the two means, what a converged 1-Lipschitz linear critic "
            "estimates (the label-free held-out rule reads it); MMD²: multi-kernel Gaussian. Frozen: the untrained "
            "model. Mean ± sample std over seeds.", "",

@@ -26,7 +26,7 @@ from dial_jax.data import pipeline
 from dial_jax.experiments import prefix_cache
 from dial_jax.experiments import rows as row_format
 from dial_jax.hf import load
-from dial_jax.inference import Scorer
+from dial_jax.inference import Scorer, heldout_gap
 from dial_jax.train import loop, writers
 
 SPLITS = ("source_train", "source_val", "target_train", "target_val", "target_test")
@@ -170,22 +170,6 @@ def _embeddings(scorer: Scorer, domain: pipeline.Domain) -> np.ndarray:
   return scorer.score_tokens(texts, return_embeddings=True)[1]
 
 
-def _all_embeddings(scorer: Scorer, domain: pipeline.Domain) -> np.ndarray:
-  """Last-token embeddings of every text of a split: chosen then rejected (pairs), or the texts (scored)."""
-  h, h_rejected = probe.embeddings(scorer, domain)
-  return h if h_rejected is None else np.concatenate([h, h_rejected])
-
-
-def heldout_gap(data: SettingData, embed: Callable[[str], np.ndarray]) -> dict:
-  """``metrics.domain_gap`` of a model's embeddings (``embed(split)``) on held-out texts, labels unused: the source
-  check split (source_val; few-shot, which has none: source_train) against target_val. Measured directly, it has no
-  critic to warm up (``selection.label_free_heldout_lambda``)."""
-  source = "source_val" if "source_val" in data.domains else "source_train"
-  h_s, h_t = embed(source), embed("target_val")
-  return {"source_split": source, "target_split": "target_val", "n_source": len(h_s), "n_target": len(h_t),
-          **metrics.domain_gap(h_s, h_t)}
-
-
 def initial_variables(data: SettingData, config: ml_collections.ConfigDict) -> dict:
   """The top model's starting point: the frozen top layer(s) and a fresh head drawn from ``model.head_seed``."""
   hidden = data.model.config.hidden_size
@@ -211,17 +195,17 @@ def train_run(data: SettingData, config: ml_collections.ConfigDict, *, save_embe
                        progress=False, keep_eval_scores=True)
   train_seconds = time.time() - start
   history = [{k: v for k, v in row.items() if k != "kind"} for row in memory.rows if row["kind"] == "train"]
-  scorer = Scorer(model, outcome.variables, None, batch_size=config.data.eval_batch_size,
-                  max_length=config.data.max_length)
-  gap = heldout_gap(data, lambda split: _all_embeddings(scorer, data.domains[split]))
   if save_embeddings is not None:
+    scorer = Scorer(model, outcome.variables, None, batch_size=config.data.eval_batch_size,
+                    max_length=config.data.max_length)
     after = {d: _embeddings(scorer, data.domains[d]) for d in ("source_train", "target_val")}
     save_embeddings.parent.mkdir(parents=True, exist_ok=True)
     np.savez(save_embeddings, **{f"before_{k}": v for k, v in before.items()},
              **{f"after_{k}": v for k, v in after.items()})
   evals = outcome.results["eval"]
   scores = {split: evals[split].pop("margins", None) or evals[split].pop("rewards", None) for split in evals}
-  return {"eval": evals, "test_scores": scores.get("target_test"), "history": history, "heldout_gap": gap,
+  return {"eval": evals, "test_scores": scores.get("target_test"), "history": history,
+          "heldout_gap": outcome.results["heldout_gap"],
           "nonfinite_steps": outcome.results["skipped_nonfinite_steps"], "train_seconds": train_seconds,
           "seconds": time.time() - start}
 
@@ -308,7 +292,7 @@ def frozen_run(data: SettingData, config: ml_collections.ConfigDict, oracle: boo
       evals[split] = {"pearson": metrics.pearson(rewards, d.scores), "spearman": metrics.spearman(rewards, d.scores),
                       "n": len(d), "chance": 0.0}
       scores[split] = rewards.tolist()
-  gap = heldout_gap(data, lambda split: np.concatenate([h for h in features[split] if h is not None]))
+  gap = heldout_gap({split: np.concatenate([h for h in features[split] if h is not None]) for split in features})
   return {"eval": evals, "test_scores": scores.get("target_test"), "history": [], "heldout_gap": gap,
           "nonfinite_steps": 0, "l2": l2, "train_seconds": 0.0, "seconds": time.time() - start}
 

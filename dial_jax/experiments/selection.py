@@ -9,7 +9,7 @@ Three rules, all over runs averaged across seeds, never reading ``target_test``:
   there the check reads the source training pairs.
 * **label-free, held-out gap** (a revision of the first, fixed in writing before the runs that test it: see
   ``experiments/smollm_fresh/NOTES.md``): the same source check, with "W falls" replaced by "the mean held-out domain
-  gap is below source-only's". The gap (``runner.heldout_gap``) is measured once training ends, on the final
+  gap is below source-only's". The gap (``inference.heldout_gap``) is measured once training ends, on the final
   embeddings of the source check split against target_val (labels unused), directly (``metrics.domain_gap``'s
   ``mean``: what a converged linear critic estimates), so it needs no critic to converge: the first rule compares a
   run's W with its own first window, while the critic is still learning, so W can rise in every run.
@@ -94,7 +94,7 @@ def label_free_lambda(source_only: Sequence[dict], dial: dict[float, Sequence[di
 
 
 def heldout_gap(row: dict) -> float | None:
-  """The run's held-out domain gap (``runner.heldout_gap``'s ``mean``); None for rows made before it was measured."""
+  """The run's held-out domain gap (``inference.heldout_gap``'s ``mean``); None for rows made before it was measured."""
   return (row.get("heldout_gap") or {}).get("mean")
 
 

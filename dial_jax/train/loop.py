@@ -33,7 +33,7 @@ from dial_jax import parallel, paths, probe
 from dial_jax.checkpoint import Checkpointer
 from dial_jax.data import batching, pipeline, settings
 from dial_jax.hf import load
-from dial_jax.inference import Scorer, evaluate_domain
+from dial_jax.inference import Scorer, evaluate_domain, heldout_gap
 from dial_jax.train import state as state_lib
 from dial_jax.train import step as step_lib
 from dial_jax.train import writers as writers_lib
@@ -139,9 +139,22 @@ def paired_batches(config: ml_collections.ConfigDict, source, target, pad_id: in
       pack_rows_multiple=math.lcm(config.data.pack_rows_multiple, row_shards))
 
 
-def evaluate(scorer: Scorer, evals: dict, *, progress: bool = False, keep_scores: bool = False) -> dict[str, dict]:
-  return {name: evaluate_domain(scorer, domain, progress=progress, desc=f"eval {name}", keep_scores=keep_scores)
+def evaluate(scorer: Scorer, evals: dict, *, progress: bool = False, keep_scores: bool = False,
+             keep_embeddings: bool = False) -> dict[str, dict]:
+  return {name: evaluate_domain(scorer, domain, progress=progress, desc=f"eval {name}", keep_scores=keep_scores,
+                                keep_embeddings=keep_embeddings)
           for name, domain in evals.items()}
+
+
+def final_evaluation(scorer: Scorer, evals: dict, source: pipeline.Domain, *, progress: bool,
+                     keep_scores: bool) -> tuple[dict, dict | None]:
+  """(metrics per split, held-out domain gap) of the trained model. Without a source_val split (few-shot) the source
+  training pairs are evaluated too: they are the label-free rules' source check. The gap
+  (``inference.heldout_gap``) comes from the same forward passes' embeddings."""
+  if "source_val" not in evals and "source_train" not in evals:
+    evals = {**evals, "source_train": source}
+  results = evaluate(scorer, evals, progress=progress, keep_scores=keep_scores, keep_embeddings=True)
+  return results, heldout_gap({split: values.pop("embeddings") for split, values in results.items()})
 
 
 def _write_json_atomic(path, obj) -> None:
@@ -278,11 +291,13 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
 
   variables = state_lib.merge(state.trainable, state.frozen)
   scorer.variables = variables
-  eval_results = evaluate(scorer, evals, progress=progress, keep_scores=keep_eval_scores)
+  eval_results, gap = final_evaluation(scorer, evals, source, progress=progress, keep_scores=keep_eval_scores)
   for split, values in eval_results.items():
     writer.write(step, f"eval/{split}", {k: v for k, v in values.items() if not isinstance(v, list)})
-  results = {"eval": eval_results, "final_train_metrics": train_metrics, "skipped_nonfinite_steps": n_skipped,
-             "trained_steps": step - start}
+  if gap is not None:
+    writer.write(step, "heldout_gap", {k: v for k, v in gap.items() if not isinstance(v, str)})
+  results = {"eval": eval_results, "heldout_gap": gap, "final_train_metrics": train_metrics,
+             "skipped_nonfinite_steps": n_skipped, "trained_steps": step - start}
   return Outcome(results, variables)
 
 
