@@ -19,7 +19,7 @@ LAYERS = [
     ("dial_jax.train", "dial_jax.checkpoint", "dial_jax.workdir"),
     ("dial_jax.main", "dial_jax.evaluate", "dial_jax.score", "dial_jax.export", "dial_jax.prepare", "dial_jax.aot",
      "dial_jax.cli_logging",
-     "dial_jax.experiments", "dial_jax.cli_checks"),
+     "dial_jax.experiments", "dial_jax.cli_checks", "dial_jax.select"),
 ]
 
 
