@@ -143,6 +143,23 @@ def test_results_json_holds_the_heldout_gap_of_the_trained_model(dirs, finished)
   assert [r["mean"] for r in jsonl if r["kind"] == "heldout_gap"] == [pytest.approx(gap["mean"])]
 
 
+def test_select_reads_real_workdirs(finished, tmp_path):
+  """``dial_jax.select`` on a real run's results.json and metrics.jsonl (the finished DIAL run, and a copy relabelled
+  source-only): it reads the source check, W's history and the held-out gap, and prints the choice."""
+  workdir, _ = finished
+  results = json.loads((workdir / "results.json").read_text())
+  source_only = tmp_path / "so"
+  shutil.copytree(workdir, source_only)
+  (source_only / "results.json").write_text(json.dumps({**results, "mode": "source_only", "lambda": 0.0}))
+  proc = run([sys.executable, "-m", "dial_jax.select", str(source_only), str(workdir)])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lam = results["lambda"]
+  row = next(line for line in proc.stdout.splitlines() if line.startswith(f"| DIAL λ={lam:g} | 1 |"))
+  assert f"| {results['heldout_gap']['mean']:.4f} |" in row
+  # The same gap as source-only's is not below it, so the held-out rule picks nothing.
+  assert json.loads(proc.stdout.strip().splitlines()[-1])["label_free_heldout"] is None
+
+
 def test_resuming_another_run_is_refused_and_config_json_kept(dirs, finished, tmp_path):
   workdir = tmp_path / "w"
   shutil.copytree(finished[0], workdir)
