@@ -514,3 +514,16 @@ def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
   tally = "\n".join(intervals.control_section(cells, (1.0,)))
   assert "- `m1`, λ=1: the labels help in 1, hurt in 0 and make no detectable difference in 0 of 1 cells." in tally
   assert "- `m2`, λ=1: the labels help in 0, hurt in 0 and make no detectable difference in 1 of 1 cells." in tally
+
+
+def test_fresh_seed_presets_share_their_grid_but_not_its_runs():
+  """``:smollm_fresh`` and ``:lpft_sp_fresh`` reuse their base grid's fingerprint (so its frozen probes, seed 0, are
+  reused) and declare only new seeds for the trained runs, so neither report counts the other's runs."""
+  from configs import experiments
+  for fresh, base_preset in (("smollm_fresh", "smollm_sp_control"), ("lpft_sp_fresh", "lpft_sp")):
+    a, b = experiments.get_config(fresh), experiments.get_config(base_preset)
+    assert runner.grid_fingerprint(a) == runner.grid_fingerprint(b)
+    ids = lambda exp: {s.run_id for setting in exp.settings for s in runner.grid(exp, setting)}
+    shared = ids(a) & ids(b)
+    assert shared and all("/frozen_" in i for i in shared), sorted(shared)[:3]
+    assert not a.variants and set(a.seeds).isdisjoint(b.seeds)
