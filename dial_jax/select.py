@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from absl import app
 
+from dial_jax.experiments import rows as row_format
 from dial_jax.experiments import selection
 
 
@@ -39,18 +40,10 @@ def read_run(workdir: str | Path) -> dict:
   missing = [k for k in ("setting", "mode", "lambda", "seed", "eval") if k not in results]
   if missing:
     raise SelectError(f"{path}: missing key(s) {', '.join(missing)}")
-  history = []
-  metrics = workdir / "metrics.jsonl"
-  if metrics.is_file():
-    for number, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise SelectError(f"{metrics}, line {number}: not JSON ({e})") from None
-      if row.get("kind") == "train":
-        history.append(row)
+  try:
+    history = [r for r in row_format.read_jsonl(workdir / "metrics.jsonl") if r.get("kind") == "train"]
+  except ValueError as e:
+    raise SelectError(str(e)) from None
   return {"workdir": str(workdir), "setting": results["setting"], "mode": results["mode"],
           "domain_loss": results.get("domain_loss"), "lambda": float(results["lambda"]), "seed": results["seed"],
           "eval": results["eval"], "heldout_gap": results.get("heldout_gap"), "history": history, "variant": ""}

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 
 # Metrics whose first and last logged values a row keeps (report tables, selection.w_falls).
 HISTORY_KEYS = ("loss", "source_loss", "source_accuracy", "wasserstein", "domain_gap", "critic_slope",
@@ -30,6 +31,27 @@ HISTORY_KEYS = ("loss", "source_loss", "source_accuracy", "wasserstein", "domain
 # Metrics whose whole logged curve a row keeps (the report's loss-balance figure), rounded to 4 significant digits.
 CURVE_KEYS = ("balance/source_grad_norm", "balance/domain_grad_norm", "critic_slope", "wasserstein")
 _SIGN = {"1": 1.0, "0": -1.0, "h": 0.0}
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  """All rows of a JSON-lines file (the results file, a workdir's metrics.jsonl; missing file = none). A torn last
+  line (crash mid-write) is ignored with a warning; a bad line elsewhere is a ValueError naming file and line."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  rows = []
+  lines = path.read_text(encoding="utf-8").splitlines()
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if n == len(lines):
+        logging.warning("%s: ignoring a torn last line (%s)", path, e)
+      else:
+        raise ValueError(f"{path}: line {n} is not valid JSON: {e}") from e
+  return rows
 
 
 def encode_scores(scores, pairs: bool) -> dict | None:

@@ -56,24 +56,7 @@ class RunSpec:
 # ---------------------------------------------------------------------------------------------- results file
 
 
-def read_results(path: str | os.PathLike) -> list[dict]:
-  """All rows of the results file (missing file = none). A torn last line (crash mid-write) is ignored."""
-  path = Path(path)
-  if not path.exists():
-    return []
-  rows = []
-  lines = path.read_text(encoding="utf-8").splitlines()
-  for n, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-      if n == len(lines):
-        logging.warning("%s: ignoring a torn last line (%s)", path, e)
-      else:
-        raise ValueError(f"{path}: line {n} is not valid JSON: {e}") from e
-  return rows
+read_results = row_format.read_jsonl  # all rows of the results file
 
 
 def append_result(path: str | os.PathLike, row: dict) -> None:
