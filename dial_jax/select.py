@@ -5,7 +5,8 @@ r"""Choose DIAL's lambda without target labels, from finished training runs.
 Each argument is a workdir of ``python -m dial_jax.main`` in one setting: source-only runs (``dial.mode=source_only``)
 and DIAL runs at the candidate lambdas, one or more seeds each. For each lambda it prints what the label-free rules
 read (``dial_jax/experiments/selection.py``): the source check (source_val accuracy; few-shot: source_train), whether
-the critic's W fell during training, and the held-out domain gap of the final embeddings; then the lambda each rule
+the critic's W fell during training, and the held-out domain gap of the final embeddings; beside them, how far the
+domain term outweighed the Bradley–Terry term in the update and what it cost the source fit; then the lambda each rule
 picks. Target labels are never read: the target splits enter only through their texts' embeddings. The last line is
 the choice as JSON.
 """
@@ -81,13 +82,21 @@ def report(source_only: list[dict], dial: dict[float, list[dict]]) -> tuple[str,
   split, p, se = selection.source_check(source_only)
   mean = lambda values: float(np.mean(values)) if values else float("nan")
   gap = lambda rows: mean([g for g in map(selection.heldout_gap, rows) if g is not None])
+  of = lambda rows, fn: mean([v for v in map(fn, rows) if v is not None])
+  source_loss = lambda r: row_format.history_value(r, "source_loss")
   lines = [f"source check: {split} accuracy; source-only {p:.3f} over {len(source_only)} run(s), bar {p - se:.3f}",
-           "| run | seeds | source check | W falls | held-out gap |", "| --- | --- | --- | --- | --- |",
-           f"| source-only | {len(source_only)} | {p:.3f} | — | {gap(source_only):.4f} |"]
+           "| run | seeds | source check | W falls | held-out gap | source loss, end | balance |",
+           "| --- | --- | --- | --- | --- | --- | --- |",
+           f"| source-only | {len(source_only)} | {p:.3f} | — | {gap(source_only):.4f} | "
+           f"{of(source_only, source_loss):.3f} | — |"]
   for lam, rows in dial.items():
     check = mean([selection.metric_of(r["eval"][split]) for r in rows])
     falls = sum(selection.w_falls(r) for r in rows)
-    lines.append(f"| DIAL λ={lam:g} | {len(rows)} | {check:.3f} | {falls}/{len(rows)} | {gap(rows):.4f} |")
+    lines.append(f"| DIAL λ={lam:g} | {len(rows)} | {check:.3f} | {falls}/{len(rows)} | {gap(rows):.4f} | "
+                 f"{of(rows, source_loss):.3f} | {of(rows, selection.balance):.3g} |")
+  lines.append("balance: ‖∇ λ·domain loss‖ / ‖∇ Bradley–Terry loss‖ at the last logged step (mean over seeds); above 1 "
+               "the domain term sets the update, and a source loss that ends above source-only's shows the source fit "
+               "it cost. Neither rule reads these two columns.")
   choice = {"label_free": selection.label_free_lambda(source_only, dial),
             "label_free_heldout": selection.label_free_heldout_lambda(source_only, dial)}
   name = {"label_free": "label-free (W falls)", "label_free_heldout": "label-free (held-out gap)"}

@@ -145,7 +145,8 @@ def test_results_json_holds_the_heldout_gap_of_the_trained_model(dirs, finished)
 
 def test_select_reads_real_workdirs(finished, tmp_path):
   """``dial_jax.select`` on a real run's results.json and metrics.jsonl (the finished DIAL run, and a copy relabelled
-  source-only): it reads the source check, W's history and the held-out gap, and prints the choice."""
+  source-only): it reads the source check, W's history, the held-out gap and the loss balance, and prints the
+  choice."""
   workdir, _ = finished
   results = json.loads((workdir / "results.json").read_text())
   source_only = tmp_path / "so"
@@ -156,6 +157,10 @@ def test_select_reads_real_workdirs(finished, tmp_path):
   lam = results["lambda"]
   row = next(line for line in proc.stdout.splitlines() if line.startswith(f"| DIAL λ={lam:g} | 1 |"))
   assert f"| {results['heldout_gap']['mean']:.4f} |" in row
+  history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  last = [r for r in history if r["kind"] == "train" and "balance/domain_grad_norm" in r][-1]
+  assert row.endswith(f"| {last['source_loss']:.3f} | "
+                      f"{last['balance/domain_grad_norm'] / last['balance/source_grad_norm']:.3g} |")
   # The same gap as source-only's is not below it, so the held-out rule picks nothing.
   assert json.loads(proc.stdout.strip().splitlines()[-1])["label_free_heldout"] is None
 

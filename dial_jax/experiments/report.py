@@ -868,10 +868,6 @@ def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
   last = _mean_of(runs, lambda r: selection.domain_gap(r))
   falls = [selection.w_falls(r) for r in runs]
 
-  def ratio(r):
-    d, b = _history(r, "balance/domain_grad_norm"), _history(r, "balance/source_grad_norm")
-    return d / b if d is not None and b else None
-
   def num(x, digits=3):
     return "—" if not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -881,7 +877,7 @@ def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
   src = num(_mean_of(runs, lambda r: selection.metric_of(r["eval"][check]) if check in r["eval"] else None))
   return [str(len(runs)), num(_mean_of(runs, lambda r: selection.metric_of(r["eval"]["target_val"]))),
           num(_mean_of(runs, _test)), src, f"{num(first, 2)} → {num(last, 2)}", f"{sum(falls)}/{len(falls)}",
-          sig(_mean_of(runs, lambda r: _history(r, "critic_slope"))), sig(_mean_of(runs, ratio))]
+          sig(_mean_of(runs, lambda r: _history(r, "critic_slope"))), sig(_mean_of(runs, selection.balance))]
 
 
 def summarize_grid(exp: ml_collections.ConfigDict, rows: list[dict], *,

@@ -62,6 +62,14 @@ def domain_gap(row: dict, which: int = -1) -> float | None:
   return None
 
 
+def balance(row: dict) -> float | None:
+  """‖∇ λ·domain loss‖ / ‖∇ Bradley–Terry loss‖ (trainable parameters) in the run's last logged window; above 1 the
+  domain term sets the update. None for runs without a domain term or rows that did not log both."""
+  domain = row_format.history_value(row, "balance/domain_grad_norm")
+  source = row_format.history_value(row, "balance/source_grad_norm")
+  return domain / source if domain is not None and source else None
+
+
 def w_falls(row: dict) -> bool:
   """Whether the domain gap (the critic's W, or MMD²) of the run's last logged window is below that of its first."""
   first, last = domain_gap(row, 0), domain_gap(row)
