@@ -47,9 +47,10 @@ def test_preset_lambdas_are_the_label_free_choices_of_the_committed_grid():
   setting whose grid has all its source-only and DIAL runs."""
   from pathlib import Path
   from configs import base, experiments
-  from dial_jax.experiments import report, runner, selection
+  from dial_jax.experiments import grid_summary, runner, selection
   exp = experiments.get_config(base.STUDY_GRID)
-  rows = report.grid_rows(exp, runner.read_results(Path(__file__).resolve().parents[1] / "experiments/results.jsonl"))
+  results = Path(__file__).resolve().parents[1] / "experiments/results.jsonl"
+  rows = grid_summary.grid_rows(exp, runner.read_results(results))
   checked = []
   for setting in exp.settings:
     mine = [r for r in rows if r["setting"] == setting and not r["variant"] and r["seed"] in exp.seeds]

@@ -8,7 +8,7 @@ import pytest
 
 from configs import experiments
 from dial_jax.data import pipeline
-from dial_jax.experiments import report, runner, selection
+from dial_jax.experiments import figures, grid_summary, report, runner, selection
 
 N_PAIRS, N_ESSAYS, FILE_ESSAYS = 200, 30, 45
 # Per setting: target_test accuracy (few_shot) / Pearson (simple_to_complex) per seed of each method, and the
@@ -118,7 +118,7 @@ def grid(tmp_path):
   exp = _exp(tmp_path)
   rng = np.random.default_rng(1)
   _essays(exp, rng)
-  truth = report.target_test_truth(exp, "simple_to_complex")
+  truth = grid_summary.target_test_truth(exp, "simple_to_complex")
   rows = make_rows(exp, truth)
   # Rows of an older grid: other numbers, another setting; must not count.
   stale = [dict(r, grid="0ld0ld0ld0ld", eval={**r["eval"], "target_test": {"accuracy": 0.99, "n": 8}})
@@ -144,25 +144,25 @@ def test_truth_is_the_subset_load_domain_draws(tmp_path):
       return {"input_ids": [[1] + [2 + ord(c) % 50 for c in t[:6]] for t in texts]}
 
   domain = pipeline.load_domain(path, Tok(), 16, limit=N_ESSAYS, seed=exp.data_seed)
-  truth = report.target_test_truth(exp, "simple_to_complex")
+  truth = grid_summary.target_test_truth(exp, "simple_to_complex")
   assert len(truth) == N_ESSAYS < FILE_ESSAYS
   np.testing.assert_array_equal(truth, domain.scores)
   all_scores = np.asarray([json.loads(line)["score"] for line in path.read_text().splitlines()], np.float32)
   assert not np.array_equal(truth, all_scores[:N_ESSAYS])  # a real draw, not the first rows
-  assert report.target_test_truth(exp, "few_shot") is None  # no file (and pairs have no scores)
+  assert grid_summary.target_test_truth(exp, "few_shot") is None  # no file (and pairs have no scores)
 
 
 def test_summary_numbers_choices_and_other_grids_ignored(grid):
   exp, rows, truth = grid
-  got = report.grid_rows(exp, runner.read_results(exp.results))
+  got = grid_summary.grid_rows(exp, runner.read_results(exp.results))
   assert len(got) == len(rows) and all(r["setting"] != "cross_lingual" for r in got)
-  summary = report.summarize(exp, got, {"simple_to_complex": truth}, num_samples=200)
+  summary = grid_summary.summarize(exp, got, {"simple_to_complex": truth}, num_samples=200)
   assert list(summary) == ["few_shot", "simple_to_complex"]
   assert summary["few_shot"]["choice"] == {"label_free": 10.0, "target_val": 1.0}
   assert summary["simple_to_complex"]["choice"] == {"label_free": 1.0, "target_val": 10.0}
   for setting, s in summary.items():
     for method in ("source_only", "oracle"):
-      mean, std, n = report.stats(report._test(r) for r in s[method])
+      mean, std, n = grid_summary.stats(grid_summary.target_metric(r) for r in s[method])
       want = np.asarray(TEST[setting][method])
       assert n == 3 and mean == pytest.approx(want.mean(), abs=2e-3) and std == pytest.approx(want.std(ddof=1),
                                                                                                  abs=3e-3)
@@ -172,10 +172,11 @@ def test_summary_numbers_choices_and_other_grids_ignored(grid):
     for rule in s["choice"]:
       lam = s["choice"][rule]
       d = s["deltas"][lam]
-      want = np.mean([report._test(b) - report._test(a) for a, b in zip(s["source_only"], s["dial"][lam])])
+      want = np.mean([grid_summary.target_metric(b) - grid_summary.target_metric(a)
+                      for a, b in zip(s["source_only"], s["dial"][lam])])
       assert d["seeds"] == [0, 1, 2] and d["delta"] == pytest.approx(want, abs=1e-6) and d["lo"] < d["delta"] < d["hi"]
   # The stale 0.99 source-only rows of the old grid did not enter the mean.
-  assert max(report._test(r) for r in summary["few_shot"]["source_only"]) < 0.7
+  assert max(grid_summary.target_metric(r) for r in summary["few_shot"]["source_only"]) < 0.7
 
 
 def test_heldout_rule_column_and_section_only_where_runs_measured_the_gap(grid, tmp_path):
@@ -185,7 +186,7 @@ def test_heldout_rule_column_and_section_only_where_runs_measured_the_gap(grid, 
   gap = {"source_only": 0.50, "dial1": 0.45, "dial10": 0.55, "oracle": 0.60, "frozen_source": 0.40}
   gapped = [dict(r, heldout_gap={"mean": gap.get(_key_of(r), 0.7), "mmd": 0.01, "n_source": 200, "n_target": 200,
                                  "source_split": "source_val", "target_split": "target_val"}) for r in rows]
-  summary = report.summarize(exp, gapped, {"simple_to_complex": truth}, num_samples=200)
+  summary = grid_summary.summarize(exp, gapped, {"simple_to_complex": truth}, num_samples=200)
   # few-shot: both λ pass the source check, but only λ=1 ends below source-only's gap; simple-to-complex: λ=10 fails
   # the source check and λ=1 is below.
   assert summary["few_shot"]["choice"] == {"label_free": 10.0, "label_free_heldout": 1.0, "target_val": 1.0}
@@ -200,7 +201,7 @@ def test_heldout_rule_column_and_section_only_where_runs_measured_the_gap(grid, 
   assert "| few-shot-to-full (TL;DR) | DIAL λ=1 | 0.450 ± 0.000 (n=3) | 0.0100 ± 0.0000 (n=3) | label-free (held-out " \
          "gap) |" in section
   assert "| few-shot-to-full (TL;DR) | frozen | 0.400 (n=1) |" in section
-  plain = report.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
+  plain = grid_summary.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
   assert "## The held-out domain gap" not in report.render(exp, plain, rows, {})
 
 
@@ -251,7 +252,7 @@ def test_report_text_bars_and_figures(grid, tmp_path):
   assert "target_val λ: DIAL's mean above source-only in 2/2 settings (bar: all) — **met**" in bars
   # The same Δ with the seeds resampled too: its own table (same Δ and examples-only interval as the main table,
   # per-seed Δs from the rows) and a tally that is not one of the bars.
-  d = report.delta_interval(*[[r for r in rows if r["setting"] == "few_shot" and not r["variant"] and
+  d = grid_summary.delta_interval(*[[r for r in rows if r["setting"] == "few_shot" and not r["variant"] and
                                r["mode"] == m and r["lambda"] == lam] for m, lam in (("source_only", 0.0),
                                                                                      ("dial", 10.0))], None,
                             num_samples=200)
@@ -283,12 +284,12 @@ def test_missing_seeds_are_not_enough_runs(grid, tmp_path):
   exp, rows, truth = grid
   few = lambda r: r["setting"] == "few_shot"
   rows = [r for r in rows if not (few(r) and r["mode"] == "oracle" and r["seed"] == 2)]
-  summary = report.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
+  summary = grid_summary.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
   got = {name: st for name, st, _ in report.bars(exp, summary["few_shot"])}
   assert got["oracle ≥ source-only + 0.05"] == "not enough runs yet"
   assert got["source-only ≥ frozen-feature source baseline"] == "met"
   rows = [r for r in rows if not (few(r) and r["mode"] == "dial" and r["seed"] == 1 and r["lambda"] == 1.0)]
-  summary = report.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
+  summary = grid_summary.summarize(exp, rows, {"simple_to_complex": truth}, num_samples=50)
   got = {name: st for name, st, _ in report.bars(exp, summary["few_shot"])}
   assert got["DIAL (label-free λ) mean above source-only"] == "not enough runs yet"  # λ=1's seeds still missing
   lines = report.overall(exp, summary)
@@ -309,10 +310,10 @@ def test_a_variant_at_every_seed_and_lambda_is_chosen_and_barred_as_dial(tmp_pat
   exp.variants = tuple(("dial.align=pair_differences", lam) for lam in exp.lambdas)
   exp.variant_seeds = exp.seeds
   _essays(exp, np.random.default_rng(1))
-  truth = report.target_test_truth(exp, "simple_to_complex")
+  truth = grid_summary.target_test_truth(exp, "simple_to_complex")
   for r in make_rows(exp, truth):  # every variant run has dial1's numbers (see _key)
     runner.append_result(exp.results, r)
-  summary = report.summarize(exp, report.grid_rows(exp, runner.read_results(exp.results)),
+  summary = grid_summary.summarize(exp, grid_summary.grid_rows(exp, runner.read_results(exp.results)),
                              {"simple_to_complex": truth}, num_samples=100)
   for setting in exp.settings:
     method = summary[setting]["variant_methods"]["dial.align=pair_differences"]
@@ -338,7 +339,7 @@ def test_a_variant_at_every_seed_and_lambda_is_chosen_and_barred_as_dial(tmp_pat
   assert "label-free λ: DIAL's mean above source-only in 1/2 settings (bar: all) — **not met** (fails in: " \
          "simple-to-complex)" in swapped
   exp.variant_seeds = (0, 1)  # fewer seeds than the grid: listed per lambda only
-  summary = report.summarize(exp, report.grid_rows(exp, runner.read_results(exp.results)),
+  summary = grid_summary.summarize(exp, grid_summary.grid_rows(exp, runner.read_results(exp.results)),
                              {"simple_to_complex": truth}, num_samples=10)
   assert summary["few_shot"]["variant_methods"] == {}
 
@@ -358,15 +359,15 @@ def test_bootstrap_contains_true_delta_and_is_reproducible():
                "test_scores": margins_so.tolist()})
     di.append({"seed": seed, "eval": {"target_test": {"accuracy": selection.accuracy_of_margins(margins_di)}},
                "test_scores": margins_di.tolist()})
-  d = report.delta_interval(so, di, None, num_samples=1000)
+  d = grid_summary.delta_interval(so, di, None, num_samples=1000)
   assert d["lo"] <= true_delta <= d["hi"] and d["lo"] > 0
-  assert report.delta_interval(so, di, None, num_samples=1000) == d
-  other = report.delta_interval(so, di, None, num_samples=1000, seed=1)
+  assert grid_summary.delta_interval(so, di, None, num_samples=1000) == d
+  other = grid_summary.delta_interval(so, di, None, num_samples=1000, seed=1)
   assert other["delta"] == d["delta"] and (other["lo"], other["hi"]) != (d["lo"], d["hi"])
   # Only seeds present in both pair up; a run whose scores contradict its recorded metric is left out.
-  assert report.delta_interval(so[:2], di[1:], None, num_samples=10)["seeds"] == [1]
+  assert grid_summary.delta_interval(so[:2], di[1:], None, num_samples=10)["seeds"] == [1]
   bad = [dict(di[0], eval={"target_test": {"accuracy": 0.1}})] + di[1:]
-  assert report.delta_interval(so, bad, None, num_samples=10)["seeds"] == [1, 2]
+  assert grid_summary.delta_interval(so, bad, None, num_samples=10)["seeds"] == [1, 2]
 
 
 def test_report_on_partial_grids(grid, tmp_path):
@@ -419,9 +420,9 @@ def test_balance_curves_count_only_runs_that_kept_their_history():
   rows = [{"history": [{"step": 10, "w": 1.0}, {"step": 20, "w": 3.0}]},
           {"history": [{"step": 10, "w": 3.0}, {"step": 20, "w": 5.0}, {"step": 30, "w": 9.0}]},
           {"history": []}, {}]
-  steps, mean, n = report._curve(rows, "w")
+  steps, mean, n = figures._curve(rows, "w")
   assert n == 2 and steps.tolist() == [10, 20] and mean.tolist() == [2.0, 4.0]
-  assert report._curve([{}, {"history": []}], "w") is None
+  assert figures._curve([{}, {"history": []}], "w") is None
 
 
 def test_intervals_page_covers_every_grid_and_never_overwrites_a_foreign_file(grid, tmp_path):
@@ -438,7 +439,7 @@ def test_intervals_page_covers_every_grid_and_never_overwrites_a_foreign_file(gr
   so = [r for r in rows if r["setting"] == "simple_to_complex" and r["mode"] == "source_only"]
   d1 = [r for r in rows if r["setting"] == "simple_to_complex" and r["mode"] == "dial" and r["lambda"] == 1.0
         and not r["variant"]]
-  d = report.delta_interval(so, d1, truth, num_samples=200)
+  d = grid_summary.delta_interval(so, d1, truth, num_samples=200)
   assert "## the default grid (grid `" in text and "## `:lpft` (grid `" in text
   assert (f"| simple-to-complex (UKPConvArg -> ASAP) | DIAL | label-free | 1 | {d['delta']:+.3f} (n=3) "
           f"| [{d['lo']:+.3f}, {d['hi']:+.3f}] | [{d['lo_seeds']:+.3f}, {d['hi_seeds']:+.3f}] |") in text
@@ -481,7 +482,7 @@ def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
   exp.variants = tuple((intervals.CONTROL, lam) for lam in exp.lambdas)
   exp.variant_seeds = exp.seeds
   _essays(exp, np.random.default_rng(1))
-  truth = report.target_test_truth(exp, "simple_to_complex")
+  truth = grid_summary.target_test_truth(exp, "simple_to_complex")
   rows = make_rows(exp, truth)
   for r in rows:
     runner.append_result(exp.results, r)
@@ -495,7 +496,7 @@ def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
   for setting in exp.settings:
     for lam in exp.lambdas:
       dial = [r for r in rows if r["setting"] == setting and r["mode"] == "dial" and r["lambda"] == lam]
-      d = report.delta_interval([r for r in dial if not r["variant"]],
+      d = grid_summary.delta_interval([r for r in dial if not r["variant"]],
                                 [r for r in dial if r["variant"] == intervals.CONTROL],
                                 None if setting == "few_shot" else truth, num_samples=200)
       readings[setting, lam] = intervals.control_reading(d)

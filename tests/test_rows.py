@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dial_jax.experiments import report, runner
+from dial_jax.experiments import figures, grid_summary, report, runner
 from dial_jax.experiments import rows as row_format
 from tests import test_report
 
@@ -46,12 +46,12 @@ def test_report_is_the_same_from_compact_rows(tmp_path):
   exp = test_report._exp(tmp_path)
   rng = np.random.default_rng(1)
   test_report._essays(exp, rng)
-  truth = report.target_test_truth(exp, "simple_to_complex")
+  truth = grid_summary.target_test_truth(exp, "simple_to_complex")
   verbose = test_report.make_rows(exp, truth)
   compact = [row_format.compact(r, exp.artifacts_dir) for r in verbose]
   assert len(json.dumps(compact)) < len(json.dumps(verbose)) / 2
-  a = report.summarize(exp, verbose, {"simple_to_complex": truth}, num_samples=100)
-  b = report.summarize(exp, compact, {"simple_to_complex": truth}, num_samples=100)
+  a = grid_summary.summarize(exp, verbose, {"simple_to_complex": truth}, num_samples=100)
+  b = grid_summary.summarize(exp, compact, {"simple_to_complex": truth}, num_samples=100)
   for setting in a:
     assert a[setting]["choice"] == b[setting]["choice"] and not b[setting]["bad_scores"]
     assert a[setting]["deltas"].keys() == b[setting]["deltas"].keys()
@@ -68,8 +68,8 @@ def test_report_is_the_same_from_compact_rows(tmp_path):
   assert "![loss balance](figures/loss_balance.png)" in text_bare  # side files gone: drawn from the rows' curves
   for key in row_format.CURVE_KEYS:  # the same curves, to the 4 significant digits the rows keep
     for mode in ("source_only", "dial"):
-      full = report._curve([r for r in verbose if r["mode"] == mode], key)
-      kept = report._curve([r for r in compact if r["mode"] == mode], key)
+      full = figures._curve([r for r in verbose if r["mode"] == mode], key)
+      kept = figures._curve([r for r in compact if r["mode"] == mode], key)
       assert (full is None) == (kept is None)
       if full is not None:
         np.testing.assert_array_equal(kept[0], full[0])

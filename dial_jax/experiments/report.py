@@ -1,5 +1,6 @@
 r"""The results report (markdown + figures), built from the results file, the saved embeddings and the target_test
-scores of the data files alone. Rows of other grids (another fingerprint) in the same file are ignored.
+scores of the data files alone. Rows of other grids (another fingerprint) in the same file are ignored. The numbers
+come from ``grid_summary`` and the figures from ``figures``; this module states issue 13's bars and writes the page.
 
   python -m dial_jax.experiments.report --config=configs/experiments.py [--results=...] [--out=experiments/REPORT.md]
 """
@@ -15,32 +16,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dial_jax.data import io as dio
-from dial_jax.data import pipeline
+from dial_jax.experiments import figures as figures_lib
 from dial_jax.experiments import rows as row_format
 from dial_jax.experiments import runner, selection
-
-# The paper's target metric (Wu & Choudhury, 2025), source-only -> DIAL, for reference only.
-PAPER = {
-    "cross_lingual": (0.621, 0.661),
-    "clean_to_noisy": (0.671, 0.703),
-    "few_shot": (0.845, 0.920),
-    "simple_to_complex": (0.508, 0.556),
-}
-TITLES = {
-    "cross_lingual": "cross-lingual (HH EN -> KO)",
-    "clean_to_noisy": "clean-to-noisy (CNN/DM -> TL;DR)",
-    "few_shot": "few-shot-to-full (TL;DR)",
-    "simple_to_complex": "simple-to-complex (UKPConvArg -> ASAP)",
-}
-RULES = ("label_free", "label_free_heldout", "target_val")
-RULE_NAMES = {"label_free": "label-free", "label_free_heldout": "label-free (held-out gap)", "target_val": "target_val"}
-GUARDS = {"label_free": "source check or falling W", "label_free_heldout": "source check or held-out gap",
-          "target_val": "no target_val runs"}
-ORACLE_MARGIN = {"accuracy": 0.05, "pearson": 0.10}   # issue 13: oracle >= source-only + this
-CONSISTENCY_TOL = 1e-3   # a run's test_scores must reproduce its recorded test metric to this
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
+from dial_jax.experiments.grid_summary import (BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, GUARDS, ORACLE_MARGIN, PAPER,
+                                               RULE_NAMES, TITLES, grid_rows, mean_of, rules_in, stats,
+                                               summarize_grid, target_metric)
 
 CHANGES = (
     "**Subsets were not random.** `load_domain(limit=N)` kept the first N rows of a file sorted by id, so all 200 "
@@ -74,86 +55,6 @@ CHANGES = (
 )
 
 
-# ---------------------------------------------------------------------------------------------- data
-
-
-def grid_rows(exp: ml_collections.ConfigDict, rows: list[dict]) -> list[dict]:
-  """The rows of the runs ``exp`` declares (its settings, seeds, λs and variants) made under its grid (same
-  fingerprint); the rest of the file is ignored, including runs of other presets that share the fingerprint (more
-  seeds, a control)."""
-  fingerprint = runner.grid_fingerprint(exp)
-  declared = {spec.run_id for setting in exp.settings for spec in runner.grid(exp, setting)}
-  return [r for r in rows if r.get("grid") == fingerprint and r["run_id"] in declared]
-
-
-def target_test_truth(exp: ml_collections.ConfigDict, setting: str) -> np.ndarray | None:
-  """The true scores of a scored setting's target_test examples, in the order the runner evaluated them: the
-  seeded group-stratified subset ``pipeline.load_domain(limit=exp.limits.target_test, seed=exp.data_seed)`` draws,
-  recomputed from the file without tokenizing. None for pair settings or when the file is missing."""
-  path = Path(exp.data_dir) / setting / "target_test.jsonl"
-  if not path.exists() or pipeline.file_kind(path) != "scored":
-    return None
-  rows, _ = dio.read_rows(path, "scored")
-  limit = exp.limits["target_test"]
-  if limit and limit < len(rows):
-    groups = [r["group"] if r.get("group") is not None else r["id"] for r in rows]
-    rows = [rows[i] for i in pipeline.subset_indices(groups, limit, exp.data_seed)]
-  return np.asarray([r["score"] for r in rows], np.float32)
-
-
-def _test(row: dict) -> float:
-  return selection.metric_of(row["eval"]["target_test"])
-
-
-def _mean_of(rows, fn) -> float:
-  values = [v for v in (fn(r) for r in rows) if v is not None and np.isfinite(v)]
-  return float(np.mean(values)) if values else float("nan")
-
-
-def stats(values) -> tuple[float, float, int]:
-  """(mean, sample std (0 for one value), n)."""
-  a = np.asarray(list(values), np.float64)
-  if not len(a):
-    return float("nan"), float("nan"), 0
-  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
-
-
-_history = row_format.history_value
-
-
-def _scores_ok(row: dict, truth) -> bool:
-  """Whether the row's per-example test scores reproduce its recorded test metric (same examples, same order)."""
-  scores = row_format.scores_of(row)
-  if not scores:
-    return False
-  if "accuracy" in row["eval"]["target_test"]:
-    return abs(selection.accuracy_of_margins(scores) - _test(row)) <= CONSISTENCY_TOL
-  return (truth is not None and len(truth) == len(scores)
-          and abs(selection.pearson_with(scores, truth) - _test(row)) <= CONSISTENCY_TOL)
-
-
-def delta_interval(source_only: list[dict], dial: list[dict], truth, *, num_samples: int = BOOTSTRAP_SAMPLES,
-                   seed: int = BOOTSTRAP_SEED) -> dict | None:
-  """Δ = DIAL − source-only on target_test, runs paired by seed (seeds present in both with usable test scores),
-  examples resampled (``lo``, ``hi``; issue 13's interval) and, from the same draws, seeds resampled too
-  (``lo_seeds``, ``hi_seeds``; ``selection.interval``): accuracy of margins for pairs, Pearson with ``truth`` for
-  scored texts. None when no seed pairs up."""
-  a = {r["seed"]: r for r in source_only if _scores_ok(r, truth)}
-  b = {r["seed"]: r for r in dial if _scores_ok(r, truth)}
-  seeds = sorted(set(a) & set(b))
-  if not seeds:
-    return None
-  pairs = "accuracy" in a[seeds[0]]["eval"]["target_test"]
-  metric = selection.accuracy_of_margins if pairs else selection.pearson_with
-  full, draws = selection.per_run_draws([row_format.scores_of(a[s]) for s in seeds],
-                                        [row_format.scores_of(b[s]) for s in seeds],
-                                        metric, None if pairs else truth, num_samples=num_samples, seed=seed)
-  mean, lo, hi = selection.interval(full, draws, seed=seed)
-  _, lo_seeds, hi_seeds = selection.interval(full, draws, resample_runs=True, seed=seed)
-  return {"delta": mean, "lo": lo, "hi": hi, "lo_seeds": lo_seeds, "hi_seeds": hi_seeds, "seeds": seeds,
-          "per_seed": full.tolist()}
-
-
 # What each override a variant may set does, for the report's legend (only those the grid ran are described).
 VARIANT_NOTES = {
     "dial.critic_input_scale=none": "the authors' critic on raw embeddings (the paper's λ)",
@@ -171,82 +72,6 @@ def variant_legend(variant_keys) -> str:
   overrides = sorted({o for key in variant_keys for o in key.split(",")}, key=lambda o: (o not in VARIANT_NOTES, o))
   return " ".join(f"`{o}`: {VARIANT_NOTES[o]}." if o in VARIANT_NOTES else f"`{o}`: a config override."
                   for o in overrides)
-
-
-def choices(source_only: list[dict], dial: dict[float, list[dict]]) -> dict[str, float | None]:
-  """Each rule's λ (None: none qualifies), in ``RULES`` order; the held-out-gap rule only where every run it reads
-  measured the gap (rows made before it have none)."""
-  out = {"label_free": selection.label_free_lambda(source_only, dial)}
-  if selection.has_heldout_gap(source_only, dial):
-    out["label_free_heldout"] = selection.label_free_heldout_lambda(source_only, dial)
-  out["target_val"] = selection.target_val_lambda(dial)
-  return out
-
-
-def rules_in(summary: dict) -> list[str]:
-  """The rules any setting of ``summary`` applied, in ``RULES`` order."""
-  return [r for r in RULES if any(r in s["choice"] for s in summary.values())]
-
-
-def summarize(exp: ml_collections.ConfigDict, rows: list[dict], truths: dict | None = None, *,
-              num_samples: int = BOOTSTRAP_SAMPLES) -> dict:
-  """Per setting with rows: the runs of each method (grid seeds and lambdas only), both lambda choices, the paired
-  bootstrap Δ under each, the variants and the per-lambda view. ``rows`` must already be this grid's."""
-  truths = truths or {}
-  out = {}
-  for setting in exp.settings:
-    mine = [r for r in rows if r["setting"] == setting]
-    if not mine:
-      continue
-    plain = [r for r in mine if not r.get("variant")]
-    by_mode = lambda m: sorted((r for r in plain if r["mode"] == m and (m.startswith("frozen_") or r["seed"] in
-                                                                         exp.seeds)), key=lambda r: r["seed"])
-    dial = {lam: [r for r in by_mode("dial") if r["lambda"] == lam] for lam in exp.lambdas}
-    dial = {lam: v for lam, v in dial.items() if v}
-    so = by_mode("source_only")
-    choice = choices(so, dial)
-    truth = truths.get(setting)
-    deltas = {}
-    for lam in set(choice.values()) - {None}:
-      deltas[lam] = delta_interval(so, dial[lam], truth, num_samples=num_samples)
-    variants = {}
-    declared = {(v, lam) for v, lam in exp.variants}
-    for r in sorted((r for r in mine if (r.get("variant"), r["lambda"]) in declared and r["seed"] in exp.variant_seeds),
-                    key=lambda r: (r["variant"], r["lambda"], r["seed"])):
-      variants.setdefault((r["variant"], r["lambda"]), []).append(r)
-    variant_deltas = {k: delta_interval(so, v, truth, num_samples=num_samples) for k, v in variants.items()}
-    # Against plain DIAL at the same lambda and seeds: what the variant changes in DIAL itself.
-    variant_vs_dial = {(v, lam): delta_interval(dial[lam], runs, truth, num_samples=num_samples)
-                       for (v, lam), runs in variants.items() if lam in dial}
-    families = {}
-    for (variant, lam), runs in variants.items():
-      families.setdefault(variant, {})[lam] = runs
-    # A variant run at every seed and lambda of the grid is a DIAL method of its own: both rules choose its lambda.
-    variant_methods = {}
-    for variant, runs_by_lam in families.items():
-      if set(runs_by_lam) == set(exp.lambdas) and tuple(exp.variant_seeds) == tuple(exp.seeds):
-        ch = choices(so, runs_by_lam)
-        chosen = set(ch.values()) - {None}
-        variant_methods[variant] = {"dial": runs_by_lam, "choice": ch,
-                                    "deltas": {lam: variant_deltas[(variant, lam)] for lam in chosen}}
-    max_length, truncation = runner.setting_options(exp, setting)
-    done = {r["run_id"] for r in mine}
-    expected = [s.run_id for s in runner.grid(exp, setting)]
-    cache = [r["cache_seconds"] for r in mine if r.get("cache_seconds") is not None]
-    out[setting] = {
-        "metric": "accuracy" if "accuracy" in mine[0]["eval"]["target_test"] else "pearson",
-        "frozen_source": by_mode("frozen_source"), "frozen_oracle": by_mode("frozen_oracle"),
-        "source_only": so, "oracle": by_mode("oracle"), "dial": dial, "choice": choice, "deltas": deltas,
-        "variants": variants, "variant_deltas": variant_deltas, "variant_vs_dial": variant_vs_dial,
-        "variant_methods": variant_methods,
-        "sizes": mine[0]["data_sizes"],
-        "max_length": max_length, "truncation": truncation, "truth": truth,
-        "done": sum(1 for r in expected if r in done), "expected": len(expected),
-        "cache_seconds": max(cache) if cache else None, "rows": mine,
-        "bad_scores": sorted(r["run_id"] for r in mine if r.get("test_scores") and not _scores_ok(r, truth)),
-    }
-  return out
-
 
 # ---------------------------------------------------------------------------------------------- verdicts
 
@@ -304,16 +129,11 @@ def seed_interval_tally(exp: ml_collections.ConfigDict, summary: dict) -> str:
           + "; ".join(parts) + ".")
 
 
-def dial_runs(s: dict, rule: str) -> list[dict]:
-  lam = s["choice"][rule]
-  return [] if lam is None else s["dial"][lam]
-
-
 def bars(exp: ml_collections.ConfigDict, s: dict) -> list[tuple[str, str, str]]:
   """Issue 13's "Done means" bars for one setting: (bar, status, evidence); status is one of "met", "not met",
   "not enough runs yet" (a cell has fewer runs than the grid's seeds; the evidence then shows the numbers so far)."""
   seeds = len(exp.seeds)
-  so = stats(_test(r) for r in s["source_only"])
+  so = stats(target_metric(r) for r in s["source_only"])
   out = []
 
   def status(ok: bool, cells: dict[str, int]) -> str:
@@ -335,7 +155,7 @@ def bars(exp: ml_collections.ConfigDict, s: dict) -> list[tuple[str, str, str]]:
       out.append((name, st, f"{why}; {counts(cells)}"))
       out.append((f"Δ interval ({RULE_NAMES[rule]} λ) excludes 0 above", st, why))
       continue
-    di = stats(_test(r) for r in s["dial"][lam])
+    di = stats(target_metric(r) for r in s["dial"][lam])
     out.append((name, status(di[0] > so[0], cells),
                 f"λ={lam:g}: {di[0]:.3f} vs {so[0]:.3f} (Δ of means {di[0] - so[0]:+.3f}; {counts(cells)})"))
     d = s["deltas"].get(lam)
@@ -346,7 +166,7 @@ def bars(exp: ml_collections.ConfigDict, s: dict) -> list[tuple[str, str, str]]:
       side = "above 0" if d["lo"] > 0 else ("below 0" if d["hi"] < 0 else "includes 0")
       out.append((name, status(d["lo"] > 0, {**cells, "paired seeds": len(d["seeds"])}),
                   f"{_fmt_delta(d)}: {side}"))
-  orc = stats(_test(r) for r in s["oracle"])
+  orc = stats(target_metric(r) for r in s["oracle"])
   margin = ORACLE_MARGIN[s["metric"]]
   name = f"oracle ≥ source-only + {margin:g}"
   if not orc[2] or not so[2]:
@@ -355,7 +175,7 @@ def bars(exp: ml_collections.ConfigDict, s: dict) -> list[tuple[str, str, str]]:
     out.append((name, status(orc[0] >= so[0] + margin, {"oracle": orc[2], "source-only": so[2]}),
                 f"{orc[0]:.3f} vs {so[0]:.3f} + {margin:g} = {so[0] + margin:.3f} (oracle n={orc[2]}, "
                 f"source-only n={so[2]})"))
-  frozen = [_test(r) for r in s["frozen_source"]]
+  frozen = [target_metric(r) for r in s["frozen_source"]]
   name = "source-only ≥ frozen-feature source baseline"
   if not frozen or not so[2]:
     out.append((name, "not enough runs yet", f"frozen baseline {'present' if frozen else 'missing'}, "
@@ -416,200 +236,6 @@ def overall(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
   if missing:
     lines.append(f"- No runs yet for: {', '.join(missing)}.")
   return lines
-
-
-# ---------------------------------------------------------------------------------------------- figures
-
-
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def method_bars(s: dict) -> list[tuple[str, list[float], float | None]]:
-  """(label, per-run test metrics, paper number) of the figure's bars for one setting."""
-  out = [("frozen\nsource", [_test(r) for r in s["frozen_source"]], None),
-         ("source-\nonly", [_test(r) for r in s["source_only"]], None)]
-  for rule in s["choice"]:
-    lam = s["choice"][rule]
-    label = f"DIAL\n{RULE_NAMES[rule]}\n" + ("no λ" if lam is None else f"λ={lam:g}")
-    out.append((label, [_test(r) for r in dial_runs(s, rule)], None))
-  out += [("oracle", [_test(r) for r in s["oracle"]], None),
-          ("frozen\noracle", [_test(r) for r in s["frozen_oracle"]], None)]
-  return out
-
-
-def target_figure(summary: dict, path: Path) -> None:
-  """One panel per setting: target-test metric per method (mean, error bar = std over seeds, none when n = 1),
-  the paper's numbers as markers, the chance line (0.5 accuracy, 0 Pearson)."""
-  plt = _plt()
-  settings = list(summary)
-  fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4.4), squeeze=False)
-  for ax, setting in zip(axes[0], settings):
-    s = summary[setting]
-    entries = method_bars(s)
-    x = np.arange(len(entries))
-    for i, (label, values, _) in enumerate(entries):
-      mean, std, n = stats(values)
-      if not n:
-        ax.text(i, 0, "no runs", ha="center", va="bottom", fontsize=7, rotation=90, color="gray")
-        continue
-      ax.bar(i, mean, 0.7, color=f"C{i}", yerr=std if n > 1 else None, capsize=3)
-      ax.annotate(f"{mean:.3f}\nn={n}", (i, mean + (std if n > 1 else 0)), textcoords="offset points",
-                  xytext=(0, 2), ha="center", va="bottom", fontsize=6.5)
-    paper_so, paper_dial = PAPER[setting]
-    ax.plot([1.42], [paper_so], "k<", ms=6, label="paper (source-only, DIAL)")
-    ax.plot([2.42, 3.42], [paper_dial, paper_dial], "k<", ms=6)
-    chance = 0.5 if s["metric"] == "accuracy" else 0.0
-    ax.axhline(chance, color="gray", lw=0.8, ls=":", label=f"chance ({chance:g})")
-    ax.set_xticks(x, [e[0] for e in entries], fontsize=7)
-    ax.set_ylabel(f"target test {s['metric']}" + (" (Pearson with the true scores)" if s["metric"] == "pearson"
-                                                   else ""), fontsize=8)
-    lo = min([chance - 0.05] + [np.min(v) for _, v, _ in entries if v])
-    hi = max([max(PAPER[setting])] + [np.max(v) for _, v, _ in entries if v])
-    ax.set_ylim(lo - 0.02 if s["metric"] == "pearson" else max(0.0, lo - 0.05), hi + 0.12)
-    ax.set_title(TITLES[setting], fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-  fig.suptitle("Target-test metric (mean ± std over seeds)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def _legend(ax, **kw) -> None:
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(**kw)
-
-
-def _curve(rows: list[dict], key: str):
-  """(steps, mean over runs, number of runs with that curve) of a history key (runs aligned on their common steps);
-  None when absent. Rows with neither a history file nor kept curves (older rows) count as absent, so legends state
-  what is averaged."""
-  series = [row_format.curve(r, key) for r in rows]
-  series = [x for x in series if x]
-  if not series:
-    return None
-  steps = sorted(set.intersection(*(set(x) for x in series)))
-  if not steps:
-    return None
-  return np.asarray(steps), np.asarray([np.mean([x[t] for x in series]) for t in steps]), len(series)
-
-
-def balance_figure(summary: dict, path: Path) -> bool:
-  """Per setting (columns): the gradient norms of the Bradley-Terry term and of the λ·domain term over steps for
-  DIAL at the label-free λ (else target_val's) vs source-only (log y); the critic slope ‖∇f‖; the W estimate.
-  Curves are means over the runs' seeds. False when none of the runs it draws (source-only and plain DIAL; not the
-  variants) has a history file or kept curves."""
-  drawn = lambda s: s["source_only"] + [r for runs in s["dial"].values() for r in runs]
-  settings = [k for k, s in summary.items() if any(r.get("history") or r.get("history_curves") for r in drawn(s))]
-  if not settings:
-    return False
-  plt = _plt()
-  fig, axes = plt.subplots(3, len(settings), figsize=(4.4 * len(settings), 8.2), squeeze=False)
-  for j, setting in enumerate(settings):
-    s = summary[setting]
-    rule = "label_free" if s["choice"]["label_free"] is not None else "target_val"
-    lam = s["choice"][rule]
-    dial = dial_runs(s, rule)
-    tag = f"DIAL λ={lam:g} ({RULE_NAMES[rule]})" if lam is not None else "DIAL"
-    ax = axes[0, j]
-    for rows, key, label, style in (
-        (s["source_only"], "balance/source_grad_norm", "source-only: ‖∇ BT loss‖", "C0-"),
-        (dial, "balance/source_grad_norm", f"{tag}: ‖∇ BT loss‖", "C1-"),
-        (dial, "balance/domain_grad_norm", f"{tag}: ‖∇ λ·domain loss‖", "C1--")):
-      c = _curve(rows, key)
-      if c is not None:
-        ax.plot(*c[:2], style, label=f"{label} (n={c[2]})")
-    ax.set_yscale("log")
-    ax.set_title(TITLES[setting], fontsize=9)
-    ax.set_ylabel("gradient norm w.r.t. embeddings", fontsize=8)
-    _legend(ax, fontsize=6.5)
-    for i, key, ylabel in ((1, "critic_slope", "critic slope ‖∇f‖ (GP target 1)"),
-                           (2, "wasserstein", "W estimate (critic, train batch)")):
-      ax = axes[i, j]
-      for lam_k, rows in sorted(s["dial"].items()):
-        c = _curve(rows, key)
-        if c is not None:
-          ax.plot(*c[:2], lw=2.2 if lam_k == lam else 1.0, label=f"DIAL λ={lam_k:g} (n={c[2]})"
-                  + (" chosen" if lam_k == lam else ""))
-      if i == 1:
-        ax.axhline(1.0, color="gray", lw=0.8, ls=":")
-      ax.set_ylabel(ylabel, fontsize=8)
-      _legend(ax, fontsize=6.5)
-    axes[2, j].set_xlabel("step")
-  fig.suptitle("Loss balance, critic slope, W (mean over seeds)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return True
-
-
-def _embedding_files(exp: ml_collections.ConfigDict, s: dict) -> dict[str, tuple[str, Path]]:
-  """Panel name -> (title, npz) for the embedding setting's seed-0 runs that saved embeddings."""
-  out = {}
-
-  def add(name, title, rows):
-    r = next((r for r in rows if r["seed"] == 0), None)
-    if r is not None:
-      f = runner.embeddings_path(exp, runner.RunSpec(r["setting"], r["mode"], r["domain_loss"], r["lambda"],
-                                                     r["learning_rate"], 0))
-      if f.exists():
-        out[name] = (title, f)
-
-  add("source_only", "after source-only", s["source_only"])
-  chosen = {}
-  for rule in s["choice"]:
-    if s["choice"][rule] is not None:
-      chosen.setdefault(s["choice"][rule], []).append(RULE_NAMES[rule])
-  for lam, names in chosen.items():
-    add(f"dial_{lam:g}", f"after DIAL λ={lam:g} ({', '.join(names)})", s["dial"][lam])
-  add("oracle", "after oracle", s["oracle"])
-  return out
-
-
-def embedding_figure(exp: ml_collections.ConfigDict, summary: dict, path: Path) -> dict | None:
-  """2-D PCA of the embedding setting's source-train and target-val last-token embeddings before training and after
-  source-only / DIAL / oracle (seed 0). One PCA basis (fitted on every panel's points) and the same axis limits in
-  every panel, so distances compare across panels. Returns {"counts": (source, target), "panels": [...]} or None
-  when the saved embeddings are not there."""
-  s = summary.get(exp.embedding_setting)
-  if s is None:
-    return None
-  files = _embedding_files(exp, s)
-  if not files:
-    return None
-  data = {k: np.load(f) for k, (_, f) in files.items()}
-  first = next(iter(data.values()))
-  panels = [("before training", first["before_source_train"], first["before_target_val"])]
-  panels += [(title, data[k]["after_source_train"], data[k]["after_target_val"]) for k, (title, _) in files.items()]
-  everything = np.concatenate([np.concatenate([a, b]) for _, a, b in panels]).astype(np.float64)
-  mean = everything.mean(0)
-  _, _, vt = np.linalg.svd(everything - mean, full_matrices=False)
-  proj = [(t, (a - mean) @ vt[:2].T, (b - mean) @ vt[:2].T) for t, a, b in panels]
-  pts = np.concatenate([np.concatenate([a, b]) for _, a, b in proj])
-  pad = 0.05 * (pts.max(0) - pts.min(0))
-  lo, hi = pts.min(0) - pad, pts.max(0) + pad
-  plt = _plt()
-  fig, axes = plt.subplots(1, len(proj), figsize=(3.8 * len(proj), 3.9), squeeze=False)
-  for ax, (title, a, b) in zip(axes[0], proj):
-    ax.scatter(a[:, 0], a[:, 1], s=6, alpha=0.6, label=f"source train ({len(a)} texts)")
-    ax.scatter(b[:, 0], b[:, 1], s=6, alpha=0.6, label=f"target val ({len(b)} texts)")
-    ax.set_xlim(lo[0], hi[0])
-    ax.set_ylim(lo[1], hi[1])
-    ax.set_xlabel("PC1")
-    ax.set_ylabel("PC2")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-  fig.suptitle(f"{TITLES[exp.embedding_setting]}, seed 0: last-token embeddings, one PCA basis, same axes",
-               fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  counts = sorted({(len(a), len(b)) for _, a, b in proj})
-  return {"counts": counts, "panels": [t for t, _, _ in proj]}
-
 
 # ---------------------------------------------------------------------------------------------- markdown
 
@@ -714,8 +340,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
       "| --- | --- | --- | --- | " + "--- | --- | " * len(rules) + "--- | --- | --- |",
   ]
   for setting, s in summary.items():
-    cells = [TITLES[setting], s["metric"], _fmt(stats(_test(r) for r in s["frozen_source"])),
-             _fmt(stats(_test(r) for r in s["source_only"]))]
+    cells = [TITLES[setting], s["metric"], _fmt(stats(target_metric(r) for r in s["frozen_source"])),
+             _fmt(stats(target_metric(r) for r in s["source_only"]))]
     for rule in rules:
       lam = s["choice"].get(rule)
       if rule not in s["choice"]:
@@ -723,8 +349,10 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
       elif lam is None:
         cells += ["no λ qualifies" if s["dial"] else "—", "—"]
       else:
-        cells += [f"λ={lam:g}: {_fmt(stats(_test(r) for r in s['dial'][lam]))}", _fmt_delta(s["deltas"].get(lam))]
-    cells += [_fmt(stats(_test(r) for r in s["oracle"])), _fmt(stats(_test(r) for r in s["frozen_oracle"])),
+        cells += [f"λ={lam:g}: {_fmt(stats(target_metric(r) for r in s['dial'][lam]))}",
+                  _fmt_delta(s["deltas"].get(lam))]
+    cells += [_fmt(stats(target_metric(r) for r in s["oracle"])),
+              _fmt(stats(target_metric(r) for r in s["frozen_oracle"])),
               f"{PAPER[setting][0]:.3f} → {PAPER[setting][1]:.3f}"]
     lines.append("| " + " | ".join(cells) + " |")
   bad = [b for s in summary.values() for b in s["bad_scores"]]
@@ -765,8 +393,8 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
     so = s["source_only"]
     if so:
       split, p, se = selection.source_check(so)
-      val = _mean_of(so, lambda r: selection.metric_of(r["eval"]["target_val"]))
-      lines.append(f"| {TITLES[setting]} | source-only | {len(so)} | {val:.3f} | {_mean_of(so, _test):.3f} | "
+      val = mean_of(so, lambda r: selection.metric_of(r["eval"]["target_val"]))
+      lines.append(f"| {TITLES[setting]} | source-only | {len(so)} | {val:.3f} | {mean_of(so, target_metric):.3f} | "
                    f"{split} {p:.3f} (bar {p - se:.3f}) | — | — | — | — | |")
       check = split
     else:
@@ -864,8 +492,8 @@ def heldout_section(summary: dict) -> list[str]:
 
 
 def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
-  first = _mean_of(runs, lambda r: selection.domain_gap(r, 0))
-  last = _mean_of(runs, lambda r: selection.domain_gap(r))
+  first = mean_of(runs, lambda r: selection.domain_gap(r, 0))
+  last = mean_of(runs, lambda r: selection.domain_gap(r))
   falls = [selection.w_falls(r) for r in runs]
 
   def num(x, digits=3):
@@ -874,19 +502,11 @@ def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
   def sig(x):
     return "—" if not math.isfinite(x) else f"{x:.3g}"
 
-  src = num(_mean_of(runs, lambda r: selection.metric_of(r["eval"][check]) if check in r["eval"] else None))
-  return [str(len(runs)), num(_mean_of(runs, lambda r: selection.metric_of(r["eval"]["target_val"]))),
-          num(_mean_of(runs, _test)), src, f"{num(first, 2)} → {num(last, 2)}", f"{sum(falls)}/{len(falls)}",
-          sig(_mean_of(runs, lambda r: _history(r, "critic_slope"))), sig(_mean_of(runs, selection.balance))]
-
-
-def summarize_grid(exp: ml_collections.ConfigDict, rows: list[dict], *,
-                   num_samples: int = BOOTSTRAP_SAMPLES) -> dict:
-  """``summarize`` of a grid's rows, with the true target_test scores of the settings that have rows."""
-  settings = {r["setting"] for r in rows}
-  truths = {s: target_test_truth(exp, s) for s in exp.settings if s in settings}
-  return summarize(exp, rows, truths, num_samples=num_samples)
-
+  src = num(mean_of(runs, lambda r: selection.metric_of(r["eval"][check]) if check in r["eval"] else None))
+  return [str(len(runs)), num(mean_of(runs, lambda r: selection.metric_of(r["eval"]["target_val"]))),
+          num(mean_of(runs, target_metric)), src, f"{num(first, 2)} → {num(last, 2)}", f"{sum(falls)}/{len(falls)}",
+          sig(mean_of(runs, lambda r: row_format.history_value(r, "critic_slope"))),
+          sig(mean_of(runs, selection.balance))]
 
 def default_path(exp: ml_collections.ConfigDict) -> Path:
   """Where a grid's report goes unless told: beside its results file, in a folder named after its preset
@@ -907,11 +527,11 @@ def write_report(exp: ml_collections.ConfigDict, path: str, *, num_samples: int 
   summary = summarize_grid(exp, rows, num_samples=num_samples)
   figures = {}
   if summary:
-    target_figure(summary, fig_dir / "target_metric.png")
+    figures_lib.target_figure(summary, fig_dir / "target_metric.png")
     figures["target"] = "figures/target_metric.png"
-    if balance_figure(summary, fig_dir / "loss_balance.png"):
+    if figures_lib.balance_figure(summary, fig_dir / "loss_balance.png"):
       figures["balance"] = "figures/loss_balance.png"
-    info = embedding_figure(exp, summary, fig_dir / "embeddings.png")
+    info = figures_lib.embedding_figure(exp, summary, fig_dir / "embeddings.png")
     if info:
       figures["embeddings"], figures["embeddings_info"] = "figures/embeddings.png", info
   text = render(exp, summary, rows, figures)
