@@ -12,6 +12,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:smollm_sp_control # lpft_sp_control on SmolLM2-135M
   python -m dial_jax.experiments --config=configs/experiments.py:smollm_fresh      # its plain grid at 5 new seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_fresh     # lpft_sp's plain grid, 5 new seeds
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp10         # lpft_sp + lpft_sp_fresh, 10 seeds
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is a bundled backbone (``model``: Gemma-3-270M; SmolLM2-135M in
@@ -132,6 +133,11 @@ def get_config(arg=None):
     c.settings = ("clean_to_noisy", "simple_to_complex", "cross_lingual", "few_shot")
     c.seeds = (5, 6, 7, 8, 9)
     c.variants, c.variant_seeds = (), ()
+  elif arg == "lpft_sp10":  # lpft_sp's plain grid at seeds 0-9: lpft_sp's and lpft_sp_fresh's runs as one grid
+    # (same fingerprint, no new run): lambda and the intervals from ten seeds (experiments/lpft_sp10/NOTES.md).
+    c = get_config("lpft_sp")
+    c.seeds = tuple(range(10))
+    c.variants, c.variant_seeds = (), ()
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -158,6 +164,6 @@ def get_config(arg=None):
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
                      "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp_fresh', "
-                     "'lpft_sp2', 'essays512' or 'quick'")
+                     "'lpft_sp10', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

@@ -400,13 +400,14 @@ def test_each_preset_writes_its_own_report_by_default(tmp_path):
   from configs import experiments
   paths = {arg: report.default_path(experiments.get_config(arg))
            for arg in ("", "lpft", "lpft_sp", "lpft_sp_control", "lpft_control", "lpft_all_control",
-                       "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp2", "quick")}
+                       "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp2", "quick")}
   assert paths[""] == Path("experiments/REPORT.md")
   assert paths["lpft_sp_control"] == Path("experiments/lpft_sp_control/REPORT.md")
   assert paths["lpft_control"] == Path("experiments/lpft_control/REPORT.md")
   assert paths["smollm_sp_control"] == Path("experiments/smollm_sp_control/REPORT.md")
   assert paths["smollm_fresh"] == Path("experiments/smollm_fresh/REPORT.md")
   assert paths["lpft_sp"] == Path("experiments/lpft_sp/REPORT.md")
+  assert paths["lpft_sp10"] == Path("experiments/lpft_sp10/REPORT.md")
   assert paths["quick"] == Path("experiments/quick/REPORT.md")
   assert len(set(paths.values())) == len(paths)
   exp = experiments.get_config("quick")
@@ -528,3 +529,15 @@ def test_fresh_seed_presets_share_their_grid_but_not_its_runs():
     shared = ids(a) & ids(b)
     assert shared and all("/frozen_" in i for i in shared), sorted(shared)[:3]
     assert not a.variants and set(a.seeds).isdisjoint(b.seeds)
+
+
+def test_ten_seed_preset_is_lpft_sp_and_lpft_sp_fresh_plain_runs():
+  """``:lpft_sp10`` declares exactly the plain runs of ``:lpft_sp`` (seeds 0-4) and ``:lpft_sp_fresh`` (5-9): no new
+  run, no variant, the same fingerprint (so one report reads both presets' rows)."""
+  from configs import experiments
+  specs = lambda exp: [s for setting in exp.settings for s in runner.grid(exp, setting)]
+  ten, base, fresh = (experiments.get_config(p) for p in ("lpft_sp10", "lpft_sp", "lpft_sp_fresh"))
+  assert runner.grid_fingerprint(ten) == runner.grid_fingerprint(base) == runner.grid_fingerprint(fresh)
+  plain_base = {s.run_id for s in specs(base) if not s.variant}
+  assert {s.run_id for s in specs(ten)} == plain_base | {s.run_id for s in specs(fresh)}
+  assert len(specs(ten)) == 4 * (2 + 10 * 5)  # per setting: two frozen probes, then 10 seeds x (SO, 3 lambdas, oracle)
