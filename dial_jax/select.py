@@ -81,18 +81,24 @@ def report(source_only: list[dict], dial: dict[float, list[dict]]) -> tuple[str,
   """The per-lambda table and the choices ``{"label_free": lambda | None, "label_free_heldout": ...}``."""
   split, p, se = selection.source_check(source_only)
   mean = lambda values: float(np.mean(values)) if values else float("nan")
-  gap = lambda rows: mean([g for g in map(selection.heldout_gap, rows) if g is not None])
+
+  def gap(rows) -> str:
+    """Mean held-out gap, ± its standard deviation over seeds when there are several (on some backbones it varies
+    between seeds by more than DIAL moves it: compare the difference with this spread)."""
+    values = [g for g in map(selection.heldout_gap, rows) if g is not None]
+    return f"{mean(values):.4f}" + (f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else "")
+
   of = lambda rows, fn: mean([v for v in map(fn, rows) if v is not None])
   source_loss = lambda r: row_format.history_value(r, "source_loss")
   lines = [f"source check: {split} accuracy; source-only {p:.3f} over {len(source_only)} run(s), bar {p - se:.3f}",
            "| run | seeds | source check | W falls | held-out gap | source loss, end | balance |",
            "| --- | --- | --- | --- | --- | --- | --- |",
-           f"| source-only | {len(source_only)} | {p:.3f} | — | {gap(source_only):.4f} | "
+           f"| source-only | {len(source_only)} | {p:.3f} | — | {gap(source_only)} | "
            f"{of(source_only, source_loss):.3f} | — |"]
   for lam, rows in dial.items():
     check = mean([selection.metric_of(r["eval"][split]) for r in rows])
     falls = sum(selection.w_falls(r) for r in rows)
-    lines.append(f"| DIAL λ={lam:g} | {len(rows)} | {check:.3f} | {falls}/{len(rows)} | {gap(rows):.4f} | "
+    lines.append(f"| DIAL λ={lam:g} | {len(rows)} | {check:.3f} | {falls}/{len(rows)} | {gap(rows)} | "
                  f"{of(rows, source_loss):.3f} | {of(rows, selection.balance):.3g} |")
   lines.append("balance: ‖∇ λ·domain loss‖ / ‖∇ Bradley–Terry loss‖ at the last logged step (mean over seeds); above 1 "
                "the domain term sets the update, and a source loss that ends above source-only's shows the source fit "
