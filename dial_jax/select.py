@@ -100,7 +100,8 @@ def report(source_only: list[dict], dial: dict[float, list[dict]]) -> tuple[str,
     falls = sum(selection.w_falls(r) for r in rows)
     lines.append(f"| DIAL λ={lam:g} | {len(rows)} | {check:.3f} | {falls}/{len(rows)} | {gap(rows)} | "
                  f"{of(rows, source_loss):.3f} | {of(rows, selection.balance):.3g} |")
-  lines.append("balance: ‖∇ λ·domain loss‖ / ‖∇ Bradley–Terry loss‖ at the last logged step (mean over seeds); above 1 "
+  lines.append("balance: ‖∇ λ·domain loss‖ / ‖∇ Bradley–Terry loss‖ (w.r.t. the embeddings) at the last logged step "
+               "(mean over seeds); above 1 "
                "the domain term sets the update, and a source loss that ends above source-only's shows the source fit "
                "it cost. Neither rule reads these two columns.")
   choice = {"label_free": selection.label_free_lambda(source_only, dial),

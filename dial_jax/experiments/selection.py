@@ -63,8 +63,9 @@ def domain_gap(row: dict, which: int = -1) -> float | None:
 
 
 def balance(row: dict) -> float | None:
-  """‖∇ λ·domain loss‖ / ‖∇ Bradley–Terry loss‖ (trainable parameters) in the run's last logged window; above 1 the
-  domain term sets the update. None for runs without a domain term or rows that did not log both."""
+  """‖∇ λ·domain loss‖ / ‖∇ Bradley–Terry loss‖ with respect to the batch's embeddings (the train step's
+  ``balance/`` metrics) in the run's last logged window; above 1 the domain term sets the update. None for runs
+  without a domain term or rows that did not log both."""
   domain = row_format.history_value(row, "balance/domain_grad_norm")
   source = row_format.history_value(row, "balance/source_grad_norm")
   return domain / source if domain is not None and source else None
