@@ -20,6 +20,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.head_seed = 0
   c.model.head_init = "normal"      # normal: N(0, 0.02) from head_seed | probe: the frozen-feature probe (LP-FT)
   c.model.probe_max_pairs = 0       # head_init=probe fits on at most this many training pairs (seeded; 0 = all)
+  c.model.probe_l2 = 0.0            # head_init=probe: the probe's L2 weight (0 = chosen on the validation split)
   c.model.attention = "xla"         # xla | splash (Pallas TPU kernel; interpret mode off TPU; lengths % 128 == 0)
   c.model.scan_layers = False       # stack the layers and run them with nn.scan (faster compiles for deep models)
 

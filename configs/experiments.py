@@ -13,6 +13,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:smollm_fresh      # its plain grid at 5 new seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_fresh     # lpft_sp's plain grid, 5 new seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp10         # lpft_sp + lpft_sp_fresh, 10 seeds
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2        # lpft_sp, probe L2 fixed at 1e-3
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is a bundled backbone (``model``: Gemma-3-270M; SmolLM2-135M in
@@ -138,6 +139,12 @@ def get_config(arg=None):
     c = get_config("lpft_sp")
     c.seeds = tuple(range(10))
     c.variants, c.variant_seeds = (), ()
+  elif arg == "lpft_sp_l2":  # lpft_sp with the probe's L2 fixed at 1e-3 (where source_val chose 1.0, the head starts
+    # near 0 and the decay toward the start keeps it there): does source-only then learn? (experiments/lpft_sp_l2)
+    c = get_config("lpft_sp")
+    c.settings = ("cross_lingual", "clean_to_noisy")
+    c.train_config.model.probe_l2 = 1e-3
+    c.variants, c.variant_seeds = (), ()
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -164,6 +171,6 @@ def get_config(arg=None):
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
                      "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp_fresh', "
-                     "'lpft_sp10', 'lpft_sp2', 'essays512' or 'quick'")
+                     "'lpft_sp10', 'lpft_sp_l2', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

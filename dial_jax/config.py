@@ -52,6 +52,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.head_seed": _at_least(0),
     "model.head_init": _enum("normal", "probe"),
     "model.probe_max_pairs": _at_least(0),
+    "model.probe_l2": _at_least(0.0, _FLOAT),
     "model.attention": _enum("xla", "splash"),
     "model.scan_layers": _any(_BOOL),
     "data.dir": (lambda v: isinstance(v, str) and bool(v), "a directory (output of dial_jax.prepare)"),
@@ -115,7 +116,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # resumes (``train.loop.check_resume``) and the experiment grids keep their fingerprints.
 ADDED_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal",
               "train.weight_decay_target": "zero", "dial.align": "embeddings",
-              "model.probe_max_pairs": 0, "dial.domain_labels": "true"}
+              "model.probe_max_pairs": 0, "dial.domain_labels": "true", "model.probe_l2": 0.0}
 
 
 class ConfigError(ValueError):

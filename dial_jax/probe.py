@@ -70,11 +70,13 @@ def pair_differences(domain, features, seed: int = 0) -> tuple[np.ndarray, np.nd
   return h[hi] - h[lo], w
 
 
-def fit(fit_diffs: tuple[np.ndarray, np.ndarray], val_diffs: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-  """(coefficients [D], L2): the probe on ``fit_diffs`` (differences, weights), its L2 chosen on ``val_diffs`` when
-  given, else :data:`DEFAULT_L2`. Features are scaled by their RMS norm for the fit, so L2 means the same at any
-  embedding scale; the coefficients apply to unscaled features."""
+def fit(fit_diffs: tuple[np.ndarray, np.ndarray], val_diffs: np.ndarray | None = None,
+        l2: float | None = None) -> tuple[np.ndarray, float]:
+  """(coefficients [D], L2): the probe on ``fit_diffs`` (differences, weights) at the given ``l2``, else with its L2
+  chosen on ``val_diffs`` when given, else :data:`DEFAULT_L2`. Features are scaled by their RMS norm for the fit, so
+  L2 means the same at any embedding scale; the coefficients apply to unscaled features."""
   x, w = fit_diffs
   scale = float(np.sqrt(np.mean(np.sum(x * x, axis=1)))) or 1.0
-  l2 = choose_l2(x / scale, w, val_diffs / scale) if val_diffs is not None else DEFAULT_L2
+  if l2 is None:
+    l2 = choose_l2(x / scale, w, val_diffs / scale) if val_diffs is not None else DEFAULT_L2
   return fit_pairwise_logreg(x / scale, w, l2) / scale, l2

@@ -42,6 +42,17 @@ def test_fit_minimises_the_regularised_pairwise_loss():
     assert loss(w) <= loss(w + rng.normal(size=5) * 1e-3) + 1e-12
 
 
+def test_fit_at_a_given_l2_skips_the_validation_choice():
+  rng = np.random.default_rng(2)
+  x, val = rng.normal(size=(80, 6)) * 30.0, rng.normal(size=(40, 6)) * 30.0
+  weights = np.ones(80)
+  coef, l2 = probe.fit((x, weights), val, l2=0.5)
+  scale = np.sqrt(np.mean(np.sum(x * x, axis=1)))
+  assert l2 == 0.5
+  np.testing.assert_allclose(coef, probe.fit_pairwise_logreg(x / scale, weights, 0.5) / scale, rtol=1e-6)
+  assert probe.fit((x, weights), val)[1] in probe.L2_GRID
+
+
 def test_scored_texts_become_weighted_pairs_higher_first():
   scores = np.array([1.0, 3.0, 2.0, 2.0])
   hi, lo, w = probe.scored_pairs(scores, 200, seed=0)
@@ -65,12 +76,13 @@ def tiny(tmp_path_factory):
   return helpers.tiny_model_and_data(tmp_path_factory, "probe")
 
 
-@pytest.mark.parametrize("mode,cap", [("source_only", 0), pytest.param("oracle", 0, marks=pytest.mark.slow),
-                                      ("source_only", 3)])
-def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode, cap):
-  """``cap``: ``model.probe_max_pairs``, the probe fits a seeded draw of that many pairs (``pipeline.take``)."""
+@pytest.mark.parametrize("mode,cap,l2", [("source_only", 0, 0.0), ("source_only", 3, 0.0), ("oracle", 0, 1.0),
+                                         pytest.param("oracle", 0, 0.0, marks=pytest.mark.slow)])
+def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode, cap, l2):
+  """``cap``: ``model.probe_max_pairs``, the probe fits a seeded draw of that many pairs (``pipeline.take``);
+  ``l2``: ``model.probe_l2``, the probe's L2 weight, fixed instead of chosen on the validation split."""
   config = helpers.tiny_config(*tiny, **{"model.head_init": "probe", "dial.mode": mode, "dial.lambda_": 0.0,
-                                         "model.probe_max_pairs": cap})
+                                         "model.probe_max_pairs": cap, "model.probe_l2": l2})
   model, variables, tokenizer, _ = load.build_model(config)
   source, target, evals = loop.load_data(config, tokenizer)
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
@@ -89,7 +101,9 @@ def test_head_starts_at_the_probe_of_the_labelled_training_pairs(tiny, mode, cap
     assert len(fit_domain) == cap
   ref = Scorer(model, before, None, batch_size=8, max_length=64)
   diffs = lambda d: probe.pair_differences(d, probe.embeddings(ref, d), seed=config.train.seed)
-  coef, _ = probe.fit(diffs(fit_domain), diffs(val_domain)[0] if val_domain is not None else None)
+  coef, chosen = probe.fit(diffs(fit_domain), diffs(val_domain)[0] if val_domain is not None else None,
+                          l2=l2 or None)
+  assert chosen == (l2 or chosen)
   np.testing.assert_allclose(np.asarray(after["params"]["score"]["kernel"])[:, 0], coef, rtol=1e-5, atol=1e-7)
   # Only the head changed, and the new model's margins are the probe's (its Bradley-Terry loss is the lower one).
   flat_before, flat_after = dict(helpers.flatten(before)), dict(helpers.flatten(after))

@@ -400,7 +400,8 @@ def test_each_preset_writes_its_own_report_by_default(tmp_path):
   from configs import experiments
   paths = {arg: report.default_path(experiments.get_config(arg))
            for arg in ("", "lpft", "lpft_sp", "lpft_sp_control", "lpft_control", "lpft_all_control",
-                       "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp2", "quick")}
+                       "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp_l2", "lpft_sp2",
+                       "quick")}
   assert paths[""] == Path("experiments/REPORT.md")
   assert paths["lpft_sp_control"] == Path("experiments/lpft_sp_control/REPORT.md")
   assert paths["lpft_control"] == Path("experiments/lpft_control/REPORT.md")

@@ -304,17 +304,19 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
 def head_at_probe(state: state_lib.TrainState, config: ml_collections.ConfigDict, scorer: Scorer,
                   source: pipeline.Domain, target: pipeline.Domain, evals: dict) -> state_lib.TrainState:
   """``state`` with the reward head at the linear probe on the starting model's embeddings (``dial_jax.probe``),
-  fitted on the labelled training pairs: the source's, or the target's for the oracle. Its L2 is chosen on the
-  same domain's validation split when there is one; ``model.probe_max_pairs`` caps the fitted pairs (a seeded draw:
-  the probe embeds every one with the whole model). Fine-tuning then starts from a head that already ranks, so the
-  first updates do not distort the features to fit a random head (LP-FT)."""
+  fitted on the labelled training pairs: the source's, or the target's for the oracle. Its L2 is ``model.probe_l2``
+  or, when that is 0, chosen on the same domain's validation split when there is one; ``model.probe_max_pairs`` caps
+  the fitted pairs (a seeded draw: the probe embeds every one with the whole model). Fine-tuning then starts from a
+  head that already ranks, so the first updates do not distort the features to fit a random head (LP-FT)."""
   oracle = config.dial.mode == "oracle"
   fit_domain, val_domain = (target, evals.get("target_val")) if oracle else (source, evals.get("source_val"))
   fit_domain = pipeline.take(fit_domain, config.model.probe_max_pairs, config.train.seed)
   scorer.variables = state_lib.merge(state.trainable, state.frozen)
   diffs = lambda d: probe.pair_differences(d, probe.embeddings(scorer, d), seed=config.train.seed)
   fit_diffs = diffs(fit_domain)
-  coef, l2 = probe.fit(fit_diffs, diffs(val_domain)[0] if val_domain is not None else None)
+  fixed_l2 = config.model.probe_l2 or None
+  val_diffs = diffs(val_domain)[0] if val_domain is not None and fixed_l2 is None else None
+  coef, l2 = probe.fit(fit_diffs, val_diffs, l2=fixed_l2)
   logging.info("head_init=probe: the head starts at the linear probe on %s (%d pairs, L2 %g, training accuracy %.3f)",
                fit_domain.name, len(fit_diffs[0]), l2, probe.pairwise_accuracy(fit_diffs[0] @ coef))
   flat = flax.traverse_util.flatten_dict(state.trainable)
