@@ -542,3 +542,13 @@ def test_ten_seed_preset_is_lpft_sp_and_lpft_sp_fresh_plain_runs():
   plain_base = {s.run_id for s in specs(base) if not s.variant}
   assert {s.run_id for s in specs(ten)} == plain_base | {s.run_id for s in specs(fresh)}
   assert len(specs(ten)) == 4 * (2 + 10 * 5)  # per setting: two frozen probes, then 10 seeds x (SO, 3 lambdas, oracle)
+
+
+def test_methods_state_a_fixed_probe_l2():
+  """A grid whose LP-FT head starts at a probe of fixed L2 (``model.probe_l2``) says so; one that chooses it on the
+  validation split says nothing of it."""
+  from configs import experiments
+  fixed, chosen = experiments.get_config("lpft_sp_l2"), experiments.get_config("lpft_sp")
+  sentence = "The probe's L2 is fixed at 0.001 (`model.probe_l2`"
+  assert sentence in "\n".join(report._methods_text(fixed, {}))
+  assert "`model.probe_l2`" not in "\n".join(report._methods_text(chosen, {}))

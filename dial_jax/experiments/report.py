@@ -254,7 +254,9 @@ def _methods_text(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
       f"{t.train.max_grad_norm}. Head init: "
       + ("the frozen-feature probe of the run's labelled pairs (source; target for the oracle), then fine-tuned "
          "(LP-FT, `model.head_init=probe`)." if t.model.head_init == "probe" else
-         "N(0, 0.02) from the seed."),
+         "N(0, 0.02) from the seed.")
+      + (f" The probe's L2 is fixed at {t.model.probe_l2:g} (`model.probe_l2`; the frozen-feature baselines still "
+         "choose theirs on the validation split)." if t.model.head_init == "probe" and t.model.probe_l2 else ""),
       f"- Critic: widths {tuple(t.dial.critic_widths)}, activation {t.dial.critic_activation}, input scale "
       f"`{t.dial.critic_input_scale}`, {t.dial.critic_iter} critic steps per step, γ {t.dial.gamma}, Adam lr "
       f"{t.dial.critic_learning_rate:g}. Not run when λ is statically 0 (source-only, oracle).",
