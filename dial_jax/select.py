@@ -81,14 +81,15 @@ def report(source_only: list[dict], dial: dict[float, list[dict]]) -> tuple[str,
   """The per-lambda table and the choices ``{"label_free": lambda | None, "label_free_heldout": ...}``."""
   split, p, se = selection.source_check(source_only)
   mean = lambda values: float(np.mean(values)) if values else float("nan")
+  present = lambda rows, fn: [v for v in map(fn, rows) if v is not None]  # runs that measured it
+  of = lambda rows, fn: mean(present(rows, fn))
 
   def gap(rows) -> str:
     """Mean held-out gap, ± its standard deviation over seeds when there are several (on some backbones it varies
     between seeds by more than DIAL moves it: compare the difference with this spread)."""
-    values = [g for g in map(selection.heldout_gap, rows) if g is not None]
+    values = present(rows, selection.heldout_gap)
     return f"{mean(values):.4f}" + (f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else "")
 
-  of = lambda rows, fn: mean([v for v in map(fn, rows) if v is not None])
   source_loss = lambda r: row_format.history_value(r, "source_loss")
   lines = [f"source check: {split} accuracy; source-only {p:.3f} over {len(source_only)} run(s), bar {p - se:.3f}",
            "| run | seeds | source check | W falls | held-out gap | source loss, end | balance |",
@@ -101,9 +102,8 @@ def report(source_only: list[dict], dial: dict[float, list[dict]]) -> tuple[str,
     lines.append(f"| DIAL λ={lam:g} | {len(rows)} | {check:.3f} | {falls}/{len(rows)} | {gap(rows)} | "
                  f"{of(rows, source_loss):.3f} | {of(rows, selection.balance):.3g} |")
   lines.append("balance: ‖∇ λ·domain loss‖ / ‖∇ Bradley–Terry loss‖ (w.r.t. the embeddings) at the last logged step "
-               "(mean over seeds); above 1 "
-               "the domain term sets the update, and a source loss that ends above source-only's shows the source fit "
-               "it cost. Neither rule reads these two columns.")
+               "(mean over seeds); above 1 the domain term sets the update, and a source loss that ends above "
+               "source-only's shows the source fit it cost. Neither rule reads these two columns.")
   choice = {"label_free": selection.label_free_lambda(source_only, dial),
             "label_free_heldout": selection.label_free_heldout_lambda(source_only, dial)}
   name = {"label_free": "label-free (W falls)", "label_free_heldout": "label-free (held-out gap)"}

@@ -1,6 +1,5 @@
 """The linear probe on frozen features (``dial_jax.probe``): the experiments' frozen-feature baseline and
 ``model.head_init='probe'`` (LP-FT), which starts the reward head at the probe."""
-import jax
 import numpy as np
 import pytest
 
