@@ -14,6 +14,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_fresh     # lpft_sp's plain grid, 5 new seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp10         # lpft_sp + lpft_sp_fresh, 10 seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2        # lpft_sp, probe L2 fixed at 1e-3
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2wd      # that, 4 settings, decay 100
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is a bundled backbone (``model``: Gemma-3-270M; SmolLM2-135M in
@@ -145,6 +146,11 @@ def get_config(arg=None):
     c.settings = ("cross_lingual", "clean_to_noisy")
     c.train_config.model.probe_l2 = 1e-3
     c.variants, c.variant_seeds = (), ()
+  elif arg == "lpft_sp_l2wd":  # lpft_sp_l2 on all four settings with a 10x looser decay toward the start (100, not
+    # 1000), so fine-tuning can move more than the head's start (experiments/lpft_sp_l2wd/NOTES.md)
+    c = get_config("lpft_sp_l2")
+    c.settings = ("cross_lingual", "clean_to_noisy", "simple_to_complex", "few_shot")
+    c.train_config.train.weight_decay = 100.0
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -171,6 +177,6 @@ def get_config(arg=None):
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
                      "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp_fresh', "
-                     "'lpft_sp10', 'lpft_sp_l2', 'lpft_sp2', 'essays512' or 'quick'")
+                     "'lpft_sp10', 'lpft_sp_l2', 'lpft_sp_l2wd', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

@@ -400,8 +400,8 @@ def test_each_preset_writes_its_own_report_by_default(tmp_path):
   from configs import experiments
   paths = {arg: report.default_path(experiments.get_config(arg))
            for arg in ("", "lpft", "lpft_sp", "lpft_sp_control", "lpft_control", "lpft_all_control",
-                       "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp_l2", "lpft_sp2",
-                       "quick")}
+                       "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp_l2", "lpft_sp_l2wd",
+                       "lpft_sp2", "quick")}
   assert paths[""] == Path("experiments/REPORT.md")
   assert paths["lpft_sp_control"] == Path("experiments/lpft_sp_control/REPORT.md")
   assert paths["lpft_control"] == Path("experiments/lpft_control/REPORT.md")
@@ -552,3 +552,16 @@ def test_methods_state_a_fixed_probe_l2():
   sentence = "The probe's L2 is fixed at 0.001 (`model.probe_l2`"
   assert sentence in "\n".join(report._methods_text(fixed, {}))
   assert "`model.probe_l2`" not in "\n".join(report._methods_text(chosen, {}))
+
+
+def test_lpft_sp_l2wd_differs_from_lpft_sp_l2_only_in_the_decay_and_settings():
+  """:lpft_sp_l2wd is :lpft_sp_l2's regime with weight decay 100 toward the start, on all four settings: its own grid
+  (new fingerprint, new rows), whose prefix caches are :lpft_sp_l2's."""
+  from configs import experiments
+  wd, l2 = experiments.get_config("lpft_sp_l2wd"), experiments.get_config("lpft_sp_l2")
+  assert wd.train_config.train.weight_decay == 100.0 and l2.train_config.train.weight_decay == 1000.0
+  assert wd.train_config.train.weight_decay_target == "start" and wd.train_config.model.probe_l2 == 1e-3
+  assert sorted(wd.settings) == sorted(experiments.get_config("lpft_sp").settings) and not wd.variants
+  assert runner.grid_fingerprint(wd) != runner.grid_fingerprint(l2)
+  wd.train_config.train.weight_decay, wd.settings = 1000.0, l2.settings
+  assert runner.grid_fingerprint(wd) == runner.grid_fingerprint(l2)
