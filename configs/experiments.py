@@ -173,6 +173,7 @@ def get_config(arg=None):
     c.train_config.train.num_steps = 3
     c.train_config.train.batch_size = 2
     c.train_config.train.log_every = 1
+    c.train_config.train.eval_every = 2  # the held-out gap's curve (heldout_gap_curve) gets a point mid-run
     c.train_config.train.warmup_steps = 0
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "

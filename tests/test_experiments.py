@@ -192,6 +192,11 @@ def test_quick_grid_runs_appends_and_skips_done(quick_grid):
               "balance/domain_grad_norm"):
     assert np.isfinite(last[key]) and last[key] > 0, key
   assert "wasserstein" not in rows[2]["history"][-1]  # source-only runs no critic
+  for r in rows[2:]:  # train.eval_every=2 of 3 steps: the held-out gap at step 2 and at the end
+    curve = r["heldout_gap_curve"]
+    assert [s for s, _ in curve["mean"]] == [2, 3] and [s for s, _ in curve["mmd"]] == [2, 3]
+    assert curve["mean"][-1][1] == pytest.approx(r["heldout_gap"]["mean"], rel=1e-3)
+  assert "heldout_gap_curve" not in rows[0]  # the frozen baselines do not train
   assert runner.run_grid(exp) == 0  # everything is done: nothing reruns
   assert len(list((root / "cache").glob("*.npy"))) == 1 and len(list((root / "cache").glob("*.json"))) == 1
 
@@ -259,3 +264,32 @@ def test_the_one_loop_equals_the_runners_former_loop(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
   assert outcome.results["eval"]["target_test"]["accuracy"] == ref_eval["accuracy"]
   assert outcome.results["eval"]["target_test"]["margin"] == pytest.approx(ref_eval["margin"], abs=1e-6)
+
+
+def test_heldout_gap_is_logged_at_every_evaluation_from_that_steps_model(tmp_path):
+  import jax
+  """With ``train.eval_every`` the held-out domain gap is measured during training too, on the model as it is at that
+  step: the gap logged at step 2 of a 4-step run is the final gap of the same run stopped at step 2."""
+  from dial_jax import parallel
+  from dial_jax.train import loop, writers
+  dirs = (helpers.make_tiny_model_dir(tmp_path / "m"), helpers.prepare_data(tmp_path / "d"))
+  config = helpers.tiny_config(*dirs, **{"train.trainable": "top_k", "train.top_k_layers": 1, "data.packing": "none",
+                                         "train.num_steps": 4, "train.eval_every": 2, "dial.lambda_": 0.1,
+                                         "train.learning_rate": 1e-2, "train.lr_schedule": "constant",
+                                         "train.warmup_steps": 0})  # so steps 1-2 are the same in both runs
+  model, variables, tokenizer, _ = load.build_model(config)
+  source, target, evals = loop.load_data(config, tokenizer)
+  evals = {"target_val": evals["target_val"]}  # few-shot: no source_val, so the gap reads source_train
+
+  def gaps(num_steps):
+    config.train.num_steps = num_steps
+    memory = writers.MemoryWriter()
+    loop.train(config, model, jax.tree.map(lambda a: np.array(a, copy=True), variables), source, target, evals,
+               mesh=parallel.make_mesh(config.mesh), pad_id=model.config.pad_token_id, writer=memory, progress=False)
+    return {r["step"]: r for r in memory.rows if r["kind"] == "heldout_gap"}
+
+  four, two = gaps(4), gaps(2)
+  assert sorted(four) == [2, 4] and sorted(two) == [2]
+  assert four[2]["mean"] == pytest.approx(two[2]["mean"], rel=1e-5)
+  assert four[2]["mmd"] == pytest.approx(two[2]["mmd"], rel=1e-4, abs=1e-7)
+  assert four[4]["mean"] != pytest.approx(four[2]["mean"], rel=1e-5)  # training between the two moved it

@@ -178,6 +178,7 @@ def train_run(data: SettingData, config: ml_collections.ConfigDict, *, save_embe
                        progress=False, keep_eval_scores=True)
   train_seconds = time.time() - start
   history = [{k: v for k, v in row.items() if k != "kind"} for row in memory.rows if row["kind"] == "train"]
+  gaps = [row for row in memory.rows if row["kind"] == "heldout_gap"]
   if save_embeddings is not None:
     scorer = Scorer(model, outcome.variables, None, batch_size=config.data.eval_batch_size,
                     max_length=config.data.max_length)
@@ -187,10 +188,13 @@ def train_run(data: SettingData, config: ml_collections.ConfigDict, *, save_embe
              **{f"after_{k}": v for k, v in after.items()})
   evals = outcome.results["eval"]
   scores = {split: evals[split].pop("margins", None) or evals[split].pop("rewards", None) for split in evals}
-  return {"eval": evals, "test_scores": scores.get("target_test"), "history": history,
-          "heldout_gap": outcome.results["heldout_gap"],
-          "nonfinite_steps": outcome.results["skipped_nonfinite_steps"], "train_seconds": train_seconds,
-          "seconds": time.time() - start}
+  out = {"eval": evals, "test_scores": scores.get("target_test"), "history": history,
+         "heldout_gap": outcome.results["heldout_gap"],
+         "nonfinite_steps": outcome.results["skipped_nonfinite_steps"], "train_seconds": train_seconds,
+         "seconds": time.time() - start}
+  if len(gaps) > 1:  # measured during training too (train.eval_every): the gap's curve, as the balance curves
+    out["heldout_gap_curve"] = {k: [[g["step"], float(f"{g[k]:.4g}")] for g in gaps] for k in ("mean", "mmd")}
+  return out
 
 
 # ---------------------------------------------------------------------------------------------- the grid

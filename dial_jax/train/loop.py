@@ -146,15 +146,21 @@ def evaluate(scorer: Scorer, evals: dict, *, progress: bool = False, keep_scores
           for name, domain in evals.items()}
 
 
-def final_evaluation(scorer: Scorer, evals: dict, source: pipeline.Domain, *, progress: bool,
-                     keep_scores: bool) -> tuple[dict, dict | None]:
-  """(metrics per split, held-out domain gap) of the trained model. Without a source_val split (few-shot) the source
-  training pairs are evaluated too: they are the label-free rules' source check. The gap
-  (``inference.heldout_gap``) comes from the same forward passes' embeddings."""
+def evaluation_with_gap(scorer: Scorer, evals: dict, source: pipeline.Domain, *, progress: bool,
+                        keep_scores: bool) -> tuple[dict, dict | None]:
+  """(metrics per split, held-out domain gap) of the model, during training (``train.eval_every``) and at its end.
+  Without a source_val split (few-shot) the source training pairs are evaluated too: they are the label-free rules'
+  source check. The gap (``inference.heldout_gap``, labels unused) comes from the same forward passes' embeddings:
+  logged every evaluation, it shows whether the alignment DIAL trains for reaches texts it did not train on."""
   if "source_val" not in evals and "source_train" not in evals:
     evals = {**evals, "source_train": source}
   results = evaluate(scorer, evals, progress=progress, keep_scores=keep_scores, keep_embeddings=True)
   return results, heldout_gap({split: values.pop("embeddings") for split, values in results.items()})
+
+
+def _write_gap(writer, step: int, gap: dict | None) -> None:
+  if gap is not None:
+    writer.write(step, "heldout_gap", {k: v for k, v in gap.items() if not isinstance(v, str)})
 
 
 def _write_json_atomic(path, obj) -> None:
@@ -269,9 +275,11 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
                      " ".join(f"{k}={v:.4g}" for k, v in sorted(train_metrics.items())))
     if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
       scorer.variables = state_lib.merge(state.trainable, state.frozen)
-      for split, values in evaluate(scorer, evals, progress=progress).items():
+      values_per_split, gap = evaluation_with_gap(scorer, evals, source, progress=progress, keep_scores=False)
+      for split, values in values_per_split.items():
         writer.write(step, f"eval/{split}", values)
         logging.info("step %d eval %s: %s", step, split, values)
+      _write_gap(writer, step, gap)
     if preemption is not None and preemption.requested():
       _flush(writer)
       checkpointer.maybe_save(step, state, force=True)
@@ -291,11 +299,10 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
 
   variables = state_lib.merge(state.trainable, state.frozen)
   scorer.variables = variables
-  eval_results, gap = final_evaluation(scorer, evals, source, progress=progress, keep_scores=keep_eval_scores)
+  eval_results, gap = evaluation_with_gap(scorer, evals, source, progress=progress, keep_scores=keep_eval_scores)
   for split, values in eval_results.items():
     writer.write(step, f"eval/{split}", {k: v for k, v in values.items() if not isinstance(v, list)})
-  if gap is not None:
-    writer.write(step, "heldout_gap", {k: v for k, v in gap.items() if not isinstance(v, str)})
+  _write_gap(writer, step, gap)
   results = {"eval": eval_results, "heldout_gap": gap, "final_train_metrics": train_metrics,
              "skipped_nonfinite_steps": n_skipped, "trained_steps": step - start}
   return Outcome(results, variables)
