@@ -565,3 +565,14 @@ def test_lpft_sp_l2wd_differs_from_lpft_sp_l2_only_in_the_decay_and_settings():
   assert runner.grid_fingerprint(wd) != runner.grid_fingerprint(l2)
   wd.train_config.train.weight_decay, wd.settings = 1000.0, l2.settings
   assert runner.grid_fingerprint(wd) == runner.grid_fingerprint(l2)
+
+
+def test_methods_say_where_the_weight_decay_pulls():
+  """A grid that decays toward the start (L2-SP, every trained parameter) says so; AdamW's decay toward zero is on
+  matrices only (the norm mask)."""
+  from configs import experiments
+  toward_start = "\n".join(report._methods_text(experiments.get_config("lpft_sp"), {}))
+  toward_zero = "\n".join(report._methods_text(experiments.get_config("lpft"), {}))
+  assert "weight decay 1000 toward each trained parameter's start" in toward_start
+  assert "on matrices only" not in toward_start
+  assert "weight decay 0.01 on matrices only" in toward_zero and "toward each" not in toward_zero

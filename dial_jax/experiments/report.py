@@ -249,7 +249,10 @@ def _methods_text(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
       "train (all their weights); the layers below are frozen and their outputs cached once per text "
       "(`dial_jax/experiments/prefix_cache.py`, exact: `tests/test_experiments.py`).",
       f"- {t.train.num_steps} steps of {t.train.batch_size} pairs per domain, {t.train.optimizer} (weight decay "
-      f"{t.train.weight_decay} on matrices only), learning rate {t.train.learning_rate:g} (head "
+      + (f"{t.train.weight_decay:g} toward each trained parameter's start, norms and head included: L2-SP, "
+         "`train.weight_decay_target=start`)" if t.train.weight_decay_target == "start" else
+         f"{t.train.weight_decay} on matrices only)")
+      + f", learning rate {t.train.learning_rate:g} (head "
       f"{head_lr:g}), {t.train.lr_schedule} schedule after {t.train.warmup_steps} warm-up steps, gradient clip "
       f"{t.train.max_grad_norm}. Head init: "
       + ("the frozen-feature probe of the run's labelled pairs (source; target for the oracle), then fine-tuned "
