@@ -15,6 +15,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp10         # lpft_sp + lpft_sp_fresh, 10 seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2        # lpft_sp, probe L2 fixed at 1e-3
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2wd      # that, 4 settings, decay 100
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_gapcurve  # lpft_sp, held-out gap per 40 steps
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is a bundled backbone (``model``: Gemma-3-270M; SmolLM2-135M in
@@ -151,6 +152,14 @@ def get_config(arg=None):
     c = get_config("lpft_sp_l2")
     c.settings = ("cross_lingual", "clean_to_noisy", "simple_to_complex", "few_shot")
     c.train_config.train.weight_decay = 100.0
+  elif arg == "lpft_sp_gapcurve":  # lpft_sp measuring the held-out domain gap every 40 steps: does DIAL's alignment
+    # reach held-out texts early and lose them later, or never? (experiments/lpft_sp_gapcurve/NOTES.md)
+    c = get_config("lpft_sp")
+    c.settings = ("cross_lingual", "simple_to_complex")
+    c.seeds = (0, 1, 2)
+    c.lambdas = (10.0, 100.0)
+    c.variants, c.variant_seeds = (), ()
+    c.train_config.train.eval_every = 40
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -178,6 +187,7 @@ def get_config(arg=None):
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
                      "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp_fresh', "
-                     "'lpft_sp10', 'lpft_sp_l2', 'lpft_sp_l2wd', 'lpft_sp2', 'essays512' or 'quick'")
+                     "'lpft_sp10', 'lpft_sp_l2', 'lpft_sp_l2wd', "
+                     "'lpft_sp_gapcurve', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

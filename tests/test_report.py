@@ -401,7 +401,7 @@ def test_each_preset_writes_its_own_report_by_default(tmp_path):
   paths = {arg: report.default_path(experiments.get_config(arg))
            for arg in ("", "lpft", "lpft_sp", "lpft_sp_control", "lpft_control", "lpft_all_control",
                        "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp_l2", "lpft_sp_l2wd",
-                       "lpft_sp2", "quick")}
+                       "lpft_sp_gapcurve", "lpft_sp2", "quick")}
   assert paths[""] == Path("experiments/REPORT.md")
   assert paths["lpft_sp_control"] == Path("experiments/lpft_sp_control/REPORT.md")
   assert paths["lpft_control"] == Path("experiments/lpft_control/REPORT.md")
@@ -576,3 +576,14 @@ def test_methods_say_where_the_weight_decay_pulls():
   assert "weight decay 1000 toward each trained parameter's start" in toward_start
   assert "on matrices only" not in toward_start
   assert "weight decay 0.01 on matrices only" in toward_zero and "toward each" not in toward_zero
+
+
+def test_lpft_sp_gapcurve_is_lpft_sp_measuring_the_heldout_gap_during_training():
+  """:lpft_sp_gapcurve evaluates every 40 steps (so its rows keep the held-out gap's curve): otherwise :lpft_sp's
+  regime, so its own grid only through the evaluations."""
+  from configs import experiments
+  curve, base = experiments.get_config("lpft_sp_gapcurve"), experiments.get_config("lpft_sp")
+  assert curve.train_config.train.eval_every == 40 and base.train_config.train.eval_every == 0
+  assert runner.grid_fingerprint(curve) != runner.grid_fingerprint(base)
+  curve.train_config.train.eval_every = 0
+  assert runner.grid_fingerprint(curve) == runner.grid_fingerprint(base)
