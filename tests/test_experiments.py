@@ -207,6 +207,11 @@ def test_quick_grid_report(quick_grid):
   text = report.write_report(exp, str(root / "REPORT.md"), num_samples=50)
   assert "| few-shot-to-full (TL;DR) | 8 | — | 8 | 8 | 8 | 64 | keep the end |" in text  # split sizes used
   assert "| few-shot-to-full (TL;DR) | accuracy |" in text
+  # the held-out gap during training (eval_every=2 of 3 steps): the untrained model's, then steps 2 and 3
+  assert "| setting | run | n | 0 | 2 | 3 |" in text
+  rows = {r["mode"]: r for r in runner.read_results(exp.results)}
+  start, so = rows["frozen_source"]["heldout_gap"]["mean"], rows["source_only"]["heldout_gap_curve"]["mean"]
+  assert f"| few-shot-to-full (TL;DR) | source-only | 1 | {start:.3f} | {so[0][1]:.3f} | {so[1][1]:.3f} |" in text
   from matplotlib import image
   for name in ("target_metric", "loss_balance", "embeddings"):
     assert f"](figures/{name}.png)" in text, name  # the report shows it

@@ -493,6 +493,33 @@ def heldout_section(summary: dict) -> list[str]:
       chosen = RULE_NAMES["label_free_heldout"] if picked else ""
       lines.append(f"| {TITLES[setting]} | {name} | {_fmt(stats(g['mean'] for g in gaps))} | "
                    f"{_fmt(stats(g['mmd'] for g in gaps), 4)} | {chosen} |")
+  return lines + heldout_curve_lines(summary)
+
+
+def heldout_curve_lines(summary: dict) -> list[str]:
+  """The held-out gap at every evaluation during training (rows with ``heldout_gap_curve``: ``train.eval_every``),
+  per setting and run kind, mean over seeds; step 0 is the untrained model (the frozen baselines' gap)."""
+  curved = lambda runs: [r for r in runs if r.get("heldout_gap_curve")]
+  if not any(curved(s["rows"]) for s in summary.values()):
+    return []
+  steps = sorted({t for s in summary.values() for r in curved(s["rows"]) for t, _ in r["heldout_gap_curve"]["mean"]})
+  lines = ["", "### The held-out gap during training", "",
+           "The same gap measured at every evaluation (`train.eval_every`), on the model as it was at that step: "
+           "does the alignment DIAL trains for on its batches reach texts it never trains on, and does it last? "
+           "Mean over seeds (n); step 0 is the untrained model.", "",
+           "| setting | run | n | " + " | ".join(["0"] + [str(t) for t in steps]) + " |",
+           "| --- | --- | --- | " + " | ".join("---" for _ in range(len(steps) + 1)) + " |"]
+  for setting, s in summary.items():
+    start = [selection.heldout_gap(r) for r in s["frozen_source"] if selection.heldout_gap(r) is not None]
+    kinds = [("source-only", s["source_only"])] + [(f"DIAL λ={lam:g}", runs) for lam, runs in sorted(s["dial"].items())]
+    for name, runs in kinds + [("oracle", s["oracle"])]:
+      runs = curved(runs)
+      if not runs:
+        continue
+      at = [{int(t): v for t, v in r["heldout_gap_curve"]["mean"]} for r in runs]
+      cells = [f"{np.mean(start):.3f}" if start else "—"]
+      cells += [f"{np.mean([a[t] for a in at]):.3f}" if all(t in a for a in at) else "—" for t in steps]
+      lines.append(f"| {TITLES[setting]} | {name} | {len(runs)} | " + " | ".join(cells) + " |")
   return lines
 
 
