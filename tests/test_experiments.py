@@ -196,6 +196,10 @@ def test_quick_grid_runs_appends_and_skips_done(quick_grid):
     curve = r["heldout_gap_curve"]
     assert [s for s, _ in curve["mean"]] == [2, 3] and [s for s, _ in curve["mmd"]] == [2, 3]
     assert curve["mean"][-1][1] == pytest.approx(r["heldout_gap"]["mean"], rel=1e-3)
+    assert sorted(r["eval_curve"]) == ["source_train", "target_test", "target_val"]  # few-shot: source_train checks
+    for split, points in r["eval_curve"].items():
+      assert [s for s, _ in points] == [2, 3]
+      assert points[-1][1] == pytest.approx(r["eval"][split]["accuracy"], rel=1e-3)
   assert "heldout_gap_curve" not in rows[0]  # the frozen baselines do not train
   assert runner.run_grid(exp) == 0  # everything is done: nothing reruns
   assert len(list((root / "cache").glob("*.npy"))) == 1 and len(list((root / "cache").glob("*.json"))) == 1

@@ -194,6 +194,13 @@ def train_run(data: SettingData, config: ml_collections.ConfigDict, *, save_embe
          "seconds": time.time() - start}
   if len(gaps) > 1:  # measured during training too (train.eval_every): the gap's curve, as the balance curves
     out["heldout_gap_curve"] = {k: [[g["step"], float(f"{g[k]:.4g}")] for g in gaps] for k in ("mean", "mmd")}
+    # and each split's headline metric at the same evaluations (accuracy or Pearson), so a rule that stops early on
+    # label-free signals (the gap, the source check) can be read against what it would have cost on the target
+    out["eval_curve"] = {}
+    for row in memory.rows:
+      value = row.get("accuracy", row.get("pearson"))
+      if row["kind"].startswith("eval/") and value is not None:
+        out["eval_curve"].setdefault(row["kind"][len("eval/"):], []).append([row["step"], float(f"{value:.4g}")])
   return out
 
 
