@@ -216,6 +216,8 @@ def test_quick_grid_report(quick_grid):
   rows = {r["mode"]: r for r in runner.read_results(exp.results)}
   start, so = rows["frozen_source"]["heldout_gap"]["mean"], rows["source_only"]["heldout_gap_curve"]["mean"]
   assert f"| few-shot-to-full (TL;DR) | source-only | 1 | {start:.3f} | {so[0][1]:.3f} | {so[1][1]:.3f} |" in text
+  test_curve = rows["dial"]["eval_curve"]["target_test"]
+  assert f"| few-shot-to-full (TL;DR) | DIAL λ=10 | 1 | — | {test_curve[0][1]:.3f} | {test_curve[1][1]:.3f} |" in text
   from matplotlib import image
   for name in ("target_metric", "loss_balance", "embeddings"):
     assert f"](figures/{name}.png)" in text, name  # the report shows it

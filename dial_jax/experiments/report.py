@@ -498,29 +498,46 @@ def heldout_section(summary: dict) -> list[str]:
 
 def heldout_curve_lines(summary: dict) -> list[str]:
   """The held-out gap at every evaluation during training (rows with ``heldout_gap_curve``: ``train.eval_every``),
-  per setting and run kind, mean over seeds; step 0 is the untrained model (the frozen baselines' gap)."""
+  per setting and run kind, mean over seeds; step 0 is the untrained model (the frozen baselines' gap). Then the
+  source check's and target_test's metric at the same evaluations (``eval_curve``), which a rule that stops early
+  on the gap would trade against each other."""
   curved = lambda runs: [r for r in runs if r.get("heldout_gap_curve")]
   if not any(curved(s["rows"]) for s in summary.values()):
     return []
   steps = sorted({t for s in summary.values() for r in curved(s["rows"]) for t, _ in r["heldout_gap_curve"]["mean"]})
-  lines = ["", "### The held-out gap during training", "",
+  header = ["| setting | run | n | " + " | ".join(["0"] + [str(t) for t in steps]) + " |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in range(len(steps) + 1)) + " |"]
+
+  def table(points_of, start_of) -> list[str]:
+    lines = []
+    for setting, s in summary.items():
+      kinds = [("source-only", s["source_only"])]
+      kinds += [(f"DIAL λ={lam:g}", runs) for lam, runs in sorted(s["dial"].items())] + [("oracle", s["oracle"])]
+      for name, runs in kinds:
+        at = [{int(t): v for t, v in points} for r in curved(runs) if (points := points_of(r))]
+        if not at:
+          continue
+        start = start_of(s, name)
+        cells = [f"{start:.3f}" if start is not None else "—"]
+        cells += [f"{np.mean([a[t] for a in at]):.3f}" if all(t in a for a in at) else "—" for t in steps]
+        lines.append(f"| {TITLES[setting]} | {name} | {len(at)} | " + " | ".join(cells) + " |")
+    return lines
+
+  def untrained_gap(s, _):
+    gaps = [selection.heldout_gap(r) for r in s["frozen_source"] if selection.heldout_gap(r) is not None]
+    return float(np.mean(gaps)) if gaps else None
+
+  check = lambda r: r.get("eval_curve", {}).get(selection.source_check_split(r))
+  return (["", "### The held-out gap during training", "",
            "The same gap measured at every evaluation (`train.eval_every`), on the model as it was at that step: "
            "does the alignment DIAL trains for on its batches reach texts it never trains on, and does it last? "
-           "Mean over seeds (n); step 0 is the untrained model.", "",
-           "| setting | run | n | " + " | ".join(["0"] + [str(t) for t in steps]) + " |",
-           "| --- | --- | --- | " + " | ".join("---" for _ in range(len(steps) + 1)) + " |"]
-  for setting, s in summary.items():
-    start = [selection.heldout_gap(r) for r in s["frozen_source"] if selection.heldout_gap(r) is not None]
-    kinds = [("source-only", s["source_only"])] + [(f"DIAL λ={lam:g}", runs) for lam, runs in sorted(s["dial"].items())]
-    for name, runs in kinds + [("oracle", s["oracle"])]:
-      runs = curved(runs)
-      if not runs:
-        continue
-      at = [{int(t): v for t, v in r["heldout_gap_curve"]["mean"]} for r in runs]
-      cells = [f"{np.mean(start):.3f}" if start else "—"]
-      cells += [f"{np.mean([a[t] for a in at]):.3f}" if all(t in a for a in at) else "—" for t in steps]
-      lines.append(f"| {TITLES[setting]} | {name} | {len(runs)} | " + " | ".join(cells) + " |")
-  return lines
+           "Mean over seeds (n); step 0 is the untrained model.", ""] + header
+          + table(lambda r: r["heldout_gap_curve"]["mean"], untrained_gap)
+          + ["", "The source check's metric (source_val; few-shot: source_train) and target_test's at the same "
+             "evaluations (step 0 not measured: —). Reported, never used to choose anything.", "",
+             "Source check:", ""] + header + table(check, lambda *_: None)
+          + ["", "Target test:", ""] + header
+          + table(lambda r: r.get("eval_curve", {}).get("target_test"), lambda *_: None))
 
 
 def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
