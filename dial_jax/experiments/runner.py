@@ -25,6 +25,7 @@ from dial_jax import metrics, parallel, probe
 from dial_jax.data import pipeline
 from dial_jax.experiments import prefix_cache
 from dial_jax.experiments import rows as row_format
+from dial_jax.experiments import selection
 from dial_jax.hf import load
 from dial_jax.inference import Scorer, heldout_gap
 from dial_jax.train import loop, writers
@@ -198,7 +199,7 @@ def train_run(data: SettingData, config: ml_collections.ConfigDict, *, save_embe
     # label-free signals (the gap, the source check) can be read against what it would have cost on the target
     out["eval_curve"] = {}
     for row in memory.rows:
-      value = row.get("accuracy", row.get("pearson"))
+      value = selection.metric_of(row)
       if row["kind"].startswith("eval/") and value is not None:
         out["eval_curve"].setdefault(row["kind"][len("eval/"):], []).append([row["step"], float(f"{value:.4g}")])
   return out
