@@ -292,15 +292,19 @@ def test_heldout_gap_is_logged_at_every_evaluation_from_that_steps_model(tmp_pat
   source, target, evals = loop.load_data(config, tokenizer)
   evals = {"target_val": evals["target_val"]}  # few-shot: no source_val, so the gap reads source_train
 
-  def gaps(num_steps):
-    config.train.num_steps = num_steps
+  def gaps(num_steps, eval_every=2):
+    config.train.num_steps, config.train.eval_every = num_steps, eval_every
     memory = writers.MemoryWriter()
-    loop.train(config, model, jax.tree.map(lambda a: np.array(a, copy=True), variables), source, target, evals,
-               mesh=parallel.make_mesh(config.mesh), pad_id=model.config.pad_token_id, writer=memory, progress=False)
-    return {r["step"]: r for r in memory.rows if r["kind"] == "heldout_gap"}
+    out = loop.train(config, model, jax.tree.map(lambda a: np.array(a, copy=True), variables), source, target, evals,
+                     mesh=parallel.make_mesh(config.mesh), pad_id=model.config.pad_token_id, writer=memory,
+                     progress=False)
+    return {r["step"]: r for r in memory.rows if r["kind"] == "heldout_gap"}, out.variables
 
-  four, two = gaps(4), gaps(2)
-  assert sorted(four) == [2, 4] and sorted(two) == [2]
+  (four, trained), (two, _), (end_only, trained_without) = gaps(4), gaps(2), gaps(4, eval_every=0)
+  assert sorted(four) == [2, 4] and sorted(two) == [2] and sorted(end_only) == [4]
+  # evaluating mid-run changes nothing in the training itself
+  for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(trained_without)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert four[2]["mean"] == pytest.approx(two[2]["mean"], rel=1e-5)
   assert four[2]["mmd"] == pytest.approx(two[2]["mmd"], rel=1e-4, abs=1e-7)
   assert four[4]["mean"] != pytest.approx(four[2]["mean"], rel=1e-5)  # training between the two moved it
