@@ -517,13 +517,13 @@ def heldout_curve_lines(summary: dict) -> list[str]:
         at = [{int(t): v for t, v in points} for r in curved(runs) if (points := points_of(r))]
         if not at:
           continue
-        start = start_of(s, name)
+        start = start_of(s)
         cells = [f"{start:.3f}" if start is not None else "—"]
         cells += [f"{np.mean([a[t] for a in at]):.3f}" if all(t in a for a in at) else "—" for t in steps]
         lines.append(f"| {TITLES[setting]} | {name} | {len(at)} | " + " | ".join(cells) + " |")
     return lines
 
-  def untrained_gap(s, _):
+  def untrained_gap(s):
     gaps = [selection.heldout_gap(r) for r in s["frozen_source"] if selection.heldout_gap(r) is not None]
     return float(np.mean(gaps)) if gaps else None
 
@@ -535,9 +535,9 @@ def heldout_curve_lines(summary: dict) -> list[str]:
           + table(lambda r: r["heldout_gap_curve"]["mean"], untrained_gap)
           + ["", "The source check's metric (source_val; few-shot: source_train) and target_test's at the same "
              "evaluations (step 0 not measured: —). Reported, never used to choose anything.", "",
-             "Source check:", ""] + header + table(check, lambda *_: None)
+             "Source check:", ""] + header + table(check, lambda _: None)
           + ["", "Target test:", ""] + header
-          + table(lambda r: r.get("eval_curve", {}).get("target_test"), lambda *_: None))
+          + table(lambda r: r.get("eval_curve", {}).get("target_test"), lambda _: None))
 
 
 def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
