@@ -55,6 +55,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.log_every = 10
   c.train.eval_every = 0            # 0 = only at the end
+  # Return (and export) the parameters of the evaluation with the best source-check metric, not the last step's:
+  # early stopping on source labels only (needs eval_every)
+  c.train.keep_best = False
   c.train.checkpoint_every = 50
   c.train.keep_checkpoints = 2
   c.train.on_nonfinite = "skip"     # skip | stop

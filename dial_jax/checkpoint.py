@@ -12,18 +12,28 @@ from absl import logging
 from dial_jax import paths
 from dial_jax.train.state import TrainState
 
+BEST_DIR = "checkpoints_best"  # train.keep_best's state, beside checkpoints/
+BEST_METRIC = "source_check"
+
 
 class Checkpointer:
   """Saves every ``every`` steps (and when forced), keeps the last ``keep``; saves are asynchronous and atomic
   (locally orbax writes to a temporary directory and renames it when complete; on a bucket, ``gs://...``, it
   writes into the step's directory and marks it finished with a ``commit_success.txt`` object, written last)."""
 
-  def __init__(self, workdir, every: int, keep: int):
+  def __init__(self, workdir, every: int, keep: int, keep_best: bool = False):
     self.every = every
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True,
                                            cleanup_tmp_directories=True)
     self.directory = paths.absolute(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.best = None
+    if keep_best:  # train.keep_best: the state with the best source check, next to the latest ones
+      best_options = ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda metrics: metrics[BEST_METRIC], best_mode="max",
+          keep_checkpoints_without_metrics=False, enable_async_checkpointing=True, create=True,
+          cleanup_tmp_directories=True)
+      self.best = ocp.CheckpointManager(paths.absolute(workdir) / BEST_DIR, options=best_options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -38,6 +48,24 @@ class Checkpointer:
     if not self.due(step, force):
       return False
     return self.manager.save(step, args=ocp.args.StandardSave(state.replace(frozen={})), force=True)
+
+  def best_record(self) -> tuple[int | None, float | None]:
+    """(step, source-check metric) of the kept best state, or (None, None)."""
+    step = self.best.best_step()
+    return (None, None) if step is None else (step, float(self.best.metrics(step)[BEST_METRIC]))
+
+  def save_best(self, step: int, state: TrainState, metric: float) -> None:
+    """Keep ``state`` as the best (the previous best is removed once this one is written)."""
+    if step in self.best.all_steps():  # the same step again after a resume from an older checkpoint
+      self.best.delete(step)
+    self.best.save(step, args=ocp.args.StandardSave(state.replace(frozen={})), metrics={BEST_METRIC: metric},
+                   force=True)
+
+  def restore_best(self, template: TrainState) -> TrainState:
+    self.best.wait_until_finished()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.replace(frozen={}))
+    restored = self.best.restore(self.best.best_step(), args=ocp.args.StandardRestore(abstract))
+    return restored.replace(frozen=template.frozen)
 
   def restore(self, template: TrainState, step: int | None = None) -> TrainState:
     """Restore ``step`` (default: the newest readable checkpoint) into the structure and shardings of
@@ -87,8 +115,10 @@ class Checkpointer:
     return dest
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    for manager in (self.manager, self.best):
+      if manager is not None:
+        manager.wait_until_finished()
+        manager.close()
 
 
 def _remove_command(path) -> str:

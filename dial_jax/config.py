@@ -82,6 +82,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.seed": _at_least(0),
     "train.log_every": _at_least(1),
     "train.eval_every": _at_least(0),
+    "train.keep_best": _any(_BOOL),
     "train.checkpoint_every": _at_least(0),
     "train.keep_checkpoints": _at_least(1),
     "train.on_nonfinite": _enum("skip", "stop"),
@@ -116,7 +117,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # resumes (``train.loop.check_resume``) and the experiment grids keep their fingerprints.
 ADDED_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal",
               "train.weight_decay_target": "zero", "dial.align": "embeddings",
-              "model.probe_max_pairs": 0, "dial.domain_labels": "true", "model.probe_l2": 0.0}
+              "model.probe_max_pairs": 0, "dial.domain_labels": "true", "model.probe_l2": 0.0,
+              "train.keep_best": False}
 
 
 class ConfigError(ValueError):
@@ -186,6 +188,9 @@ def _check_combinations(c: ml_collections.ConfigDict) -> None:
   if c.model.scan_layers and t.trainable == "top_k":
     raise ConfigError("model.scan_layers=True stacks the layers, so train.trainable='top_k' (which selects layers by "
                       "name) is not available; use 'lora' or 'full'")
+  if t.keep_best and not t.eval_every:
+    raise ConfigError("train.keep_best=True chooses among the evaluations during training: set train.eval_every "
+                      "(e.g. 50)")
   if t.weight_decay_target == "start" and t.optimizer != "adamw":
     raise ConfigError("train.weight_decay_target='start' is AdamW's decoupled decay; use train.optimizer='adamw'")
   if c.dial.domain_loss == "dann" and c.dial.critic_input_scale != "none":

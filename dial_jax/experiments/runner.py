@@ -193,6 +193,8 @@ def train_run(data: SettingData, config: ml_collections.ConfigDict, *, save_embe
          "heldout_gap": outcome.results["heldout_gap"],
          "nonfinite_steps": outcome.results["skipped_nonfinite_steps"], "train_seconds": train_seconds,
          "seconds": time.time() - start}
+  if "kept_step" in outcome.results:  # train.keep_best: eval and test_scores are that step's model's
+    out["kept_step"] = outcome.results["kept_step"]
   if len(gaps) > 1:  # measured during training too (train.eval_every): the gap's curve, as the balance curves
     out["heldout_gap_curve"] = {k: [[g["step"], float(f"{g[k]:.4g}")] for g in gaps] for k in ("mean", "mmd")}
     # and each split's headline metric at the same evaluations (accuracy or Pearson), so a rule that stops early on

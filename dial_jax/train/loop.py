@@ -158,6 +158,38 @@ def evaluation_with_gap(scorer: Scorer, evals: dict, source: pipeline.Domain, *,
   return results, heldout_gap({split: values.pop("embeddings") for split, values in results.items()})
 
 
+def source_check(values_per_split: dict) -> float | None:
+  """The source-check metric of an evaluation: source_val's headline metric (accuracy for pairs, Pearson for scored
+  texts), or the source training pairs' where there is no source_val (few-shot)."""
+  values = values_per_split.get("source_val", values_per_split.get("source_train", {}))
+  return values.get("accuracy", values.get("pearson"))
+
+
+class BestSoFar:
+  """``train.keep_best``: the trainable parameters of the evaluation with the highest source-check metric so far
+  (ties keep the earlier step). Without a checkpointer a copy stays on device; with one they are saved in
+  ``<workdir>/checkpoints_best`` (orbax keeps the best), so a resumed run keeps its best and export can read it."""
+
+  def __init__(self, checkpointer: Checkpointer | None):
+    self.checkpointer, self.trainable = checkpointer, None
+    self.step, self.metric = checkpointer.best_record() if checkpointer is not None else (None, None)
+
+  def offer(self, step: int, metric: float | None, state: state_lib.TrainState) -> bool:
+    if metric is None or (self.metric is not None and metric <= self.metric):
+      return False
+    self.step, self.metric = step, metric
+    if self.checkpointer is not None:
+      self.checkpointer.save_best(step, state, metric)
+    else:  # the train step donates the state's buffers: keep a copy
+      self.trainable = jax.tree.map(jnp.copy, state.trainable)
+    return True
+
+  def trainable_of(self, template: state_lib.TrainState):
+    if self.checkpointer is not None:
+      return self.checkpointer.restore_best(template).trainable
+    return self.trainable
+
+
 def _write_gap(writer, step: int, gap: dict | None) -> None:
   if gap is not None:
     writer.write(step, "heldout_gap", {k: v for k, v in gap.items() if not isinstance(v, str)})
@@ -247,6 +279,7 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
   preemption = PreemptionWatcher() if checkpointer is not None else None
   bar = tqdm(total=num_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
   last_log = step
+  best = BestSoFar(checkpointer) if config.train.keep_best else None
   while step < num_steps:
     state, metrics = train_step(state, parallel.global_batch(batches.batch(step), batch_shardings))
     step += 1
@@ -280,6 +313,8 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
         writer.write(step, f"eval/{split}", values)
         logging.info("step %d eval %s: %s", step, split, values)
       _write_gap(writer, step, gap)
+      if best is not None:
+        best.offer(step, source_check(values_per_split), state)
     if preemption is not None and preemption.requested():
       _flush(writer)
       checkpointer.maybe_save(step, state, force=True)
@@ -292,8 +327,6 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
         _flush(writer)  # the metrics up to a checkpoint are stored before it (a bucket's are uploaded in batches)
       checkpointer.maybe_save(step, state, force=step == num_steps)
   bar.close()
-  if checkpointer is not None:
-    checkpointer.close()
   if preemption is not None:
     preemption.uninstall()
 
@@ -305,6 +338,19 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
   _write_gap(writer, step, gap)
   results = {"eval": eval_results, "heldout_gap": gap, "final_train_metrics": train_metrics,
              "skipped_nonfinite_steps": n_skipped, "trained_steps": step - start}
+  if best is not None:  # the last step is a candidate too
+    best.offer(step, source_check(eval_results), state)
+    if best.step != step:
+      variables = state_lib.merge(best.trainable_of(state), state.frozen)
+      scorer.variables = variables
+      eval_results, gap = evaluation_with_gap(scorer, evals, source, progress=progress,
+                                              keep_scores=keep_eval_scores)
+      results.update({"eval": eval_results, "heldout_gap": gap})
+    results["kept_step"] = best.step
+    writer.write(step, "keep_best", {"kept_step": best.step, "source_check": best.metric})
+    logging.info("train.keep_best: kept step %d (source check %.4g) of %d", best.step, best.metric, step)
+  if checkpointer is not None:
+    checkpointer.close()
   return Outcome(results, variables)
 
 
@@ -460,7 +506,8 @@ def _train_in_workdir(config, workdir, is_main: bool) -> dict:
   pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
   writer = writers_lib.make_writers(workdir, enabled=is_main, wandb_project=config.train.wandb_project,
                                     config=config.to_dict())
-  checkpointer = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  checkpointer = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints,
+                              keep_best=config.train.keep_best)
   try:
     outcome = train(config, model, variables, source, target, evals, mesh=mesh, pad_id=pad_id, tokenizer=tokenizer,
                     writer=writer, checkpointer=checkpointer)
