@@ -16,6 +16,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2        # lpft_sp, probe L2 fixed at 1e-3
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2wd      # that, 4 settings, decay 100
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_gapcurve  # lpft_sp, held-out gap per 40 steps
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_es        # lpft_sp, early stop on source check
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is a bundled backbone (``model``: Gemma-3-270M; SmolLM2-135M in
@@ -160,6 +161,14 @@ def get_config(arg=None):
     c.lambdas = (10.0, 100.0)
     c.variants, c.variant_seeds = (), ()
     c.train_config.train.eval_every = 40
+  elif arg == "lpft_sp_es":  # lpft_sp with label-free early stopping: every run keeps its parameters at the
+    # evaluation (every 20 steps) with the best source check (train.keep_best). Is DIAL's simple-to-complex gain more
+    # than a brake on source-only's drift? (experiments/lpft_sp_es/NOTES.md)
+    c = get_config("lpft_sp")
+    c.settings = ("simple_to_complex", "cross_lingual", "clean_to_noisy", "few_shot")
+    c.variants, c.variant_seeds = (), ()
+    c.train_config.train.eval_every = 20
+    c.train_config.train.keep_best = True
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -188,6 +197,6 @@ def get_config(arg=None):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
                      "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp_fresh', "
                      "'lpft_sp10', 'lpft_sp_l2', 'lpft_sp_l2wd', "
-                     "'lpft_sp_gapcurve', 'lpft_sp2', 'essays512' or 'quick'")
+                     "'lpft_sp_gapcurve', 'lpft_sp_es', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

@@ -401,7 +401,7 @@ def test_each_preset_writes_its_own_report_by_default(tmp_path):
   paths = {arg: report.default_path(experiments.get_config(arg))
            for arg in ("", "lpft", "lpft_sp", "lpft_sp_control", "lpft_control", "lpft_all_control",
                        "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp_l2", "lpft_sp_l2wd",
-                       "lpft_sp_gapcurve", "lpft_sp2", "quick")}
+                       "lpft_sp_gapcurve", "lpft_sp_es", "lpft_sp2", "quick")}
   assert paths[""] == Path("experiments/REPORT.md")
   assert paths["lpft_sp_control"] == Path("experiments/lpft_sp_control/REPORT.md")
   assert paths["lpft_control"] == Path("experiments/lpft_control/REPORT.md")
@@ -587,3 +587,17 @@ def test_lpft_sp_gapcurve_is_lpft_sp_measuring_the_heldout_gap_during_training()
   assert runner.grid_fingerprint(curve) != runner.grid_fingerprint(base)
   curve.train_config.train.eval_every = 0
   assert runner.grid_fingerprint(curve) == runner.grid_fingerprint(base)
+
+
+def test_lpft_sp_es_is_lpft_sp_keeping_the_best_source_check():
+  """:lpft_sp_es evaluates every 20 steps and keeps each run's best source check (train.keep_best): otherwise
+  :lpft_sp's regime, data and lambdas, so only those two keys (and the dropped variants) make it a grid of its own."""
+  from configs import experiments
+  es, base = experiments.get_config("lpft_sp_es"), experiments.get_config("lpft_sp")
+  assert es.train_config.train.keep_best and es.train_config.train.eval_every == 20
+  assert not base.train_config.train.keep_best
+  assert set(es.settings) == set(base.settings) and es.lambdas == base.lambdas and es.seeds == base.seeds
+  assert runner.grid_fingerprint(es) != runner.grid_fingerprint(base)
+  es.train_config.train.eval_every, es.train_config.train.keep_best = 0, False
+  es.settings, es.variants, es.variant_seeds = base.settings, base.variants, base.variant_seeds
+  assert runner.grid_fingerprint(es) == runner.grid_fingerprint(base)
