@@ -12,7 +12,7 @@ from absl import logging
 from dial_jax import paths
 from dial_jax.train.state import TrainState
 
-BEST_DIR = "checkpoints_best"  # train.keep_best's state, beside checkpoints/
+BEST_DIR = paths.BEST_CHECKPOINTS
 BEST_METRIC = "source_check"
 
 

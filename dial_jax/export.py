@@ -27,7 +27,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).", required=True)
 flags.DEFINE_string("output", None, "HF directory to write, local or gs://bucket/dir (must not exist unless "
                     "--overwrite); never the workdir, inside it, or a folder that holds it.", required=True)
-flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the run's result, the latest checkpoint or, "
+                     "for a run with train.keep_best=True, the one with the best source check).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the written weights.")
 flags.DEFINE_string("max_shard_size", "2GB", "Split the weights into shards above this size (e.g. 2GB, 500MB).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output, only once the new export is complete and "
@@ -44,13 +45,14 @@ def main(argv):
     sys.exit(f"error: {e}")
   from dial_jax import workdir
   from dial_jax.hf import export
-  model, variables, tokenizer, model_dir, _, step = workdir.load_trained(FLAGS.workdir, FLAGS.step)
+  model, variables, tokenizer, model_dir, config, step = workdir.load_trained(FLAGS.workdir, FLAGS.step)
   params = export.merge_lora(variables, model)
   n_adapters = len(_modules(variables["lora"])) if variables.get("lora") else 0
   del variables
   info = export.export_hf(params, model, model_dir, tokenizer, FLAGS.output, dtype=FLAGS.dtype,
                           max_shard_size=FLAGS.max_shard_size, overwrite=FLAGS.overwrite)
-  print(f"exported {FLAGS.workdir} step {step} ({model.config.family}, backbone {model_dir}; "
+  kept = " (the best source check: train.keep_best)" if config.train.keep_best and FLAGS.step is None else ""
+  print(f"exported {FLAGS.workdir} step {step}{kept} ({model.config.family}, backbone {model_dir}; "
         f"{n_adapters} LoRA adapters merged) -> {info.output_dir}")
   print(f"  {info.num_tensors} tensors, {info.total_size / 1e6:.1f} MB {info.dtype} in "
         f"{len(info.weight_files)} file(s)" + (f"; not written: {', '.join(info.dropped)}" if info.dropped else ""))

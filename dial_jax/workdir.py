@@ -18,7 +18,6 @@ from absl import logging
 
 from dial_jax import config as config_lib
 from dial_jax import paths
-from dial_jax.checkpoint import BEST_DIR
 from dial_jax.hf import load
 from dial_jax.inference import Scorer
 from dial_jax.train import state as state_lib
@@ -67,20 +66,23 @@ def checkpoint_steps(workdir) -> list[int]:
   return paths.finished_steps(paths.path(workdir) / "checkpoints")
 
 
-def load_trained(workdir, step: int | None = None, best: bool = False):
-  """(model, variables, tokenizer, model_dir, config, step) with the checkpoint's trained weights merged in: the
-  latest (or ``step``) of ``checkpoints/``, or with ``best`` the state ``train.keep_best`` kept
-  (``checkpoints_best/``)."""
+def load_trained(workdir, step: int | None = None):
+  """(model, variables, tokenizer, model_dir, config, step) with the checkpoint's trained weights merged in: ``step``
+  of ``checkpoints/``, or by default the run's result: the state ``train.keep_best`` kept (``checkpoints_best/``)
+  for a run trained with it, else the latest checkpoint."""
   config = load_config(workdir)
-  directory = paths.absolute(workdir) / (BEST_DIR if best else "checkpoints")
-  steps = paths.finished_steps(paths.path(workdir) / (BEST_DIR if best else "checkpoints"))
+  best_steps = paths.finished_steps(paths.path(workdir) / paths.BEST_CHECKPOINTS)
+  best = step is None and config.train.keep_best and bool(best_steps)
+  steps = best_steps if best else checkpoint_steps(workdir)
   if not steps:
-    raise FileNotFoundError(f"{workdir}: no {'best (train.keep_best) ' if best else ''}checkpoint to load")
+    raise FileNotFoundError(f"{workdir}: no checkpoint to load")
   if step is not None and step not in steps:
     raise FileNotFoundError(f"{workdir}: no checkpoint at step {step}; available steps: {steps}")
   model, variables, tokenizer, model_dir = load.build_model(config)
-  manager = ocp.CheckpointManager(directory)
+  manager = ocp.CheckpointManager(paths.absolute(workdir) / (paths.BEST_CHECKPOINTS if best else "checkpoints"))
   step = (max(steps) if best else manager.latest_step()) if step is None else step
+  if best:
+    logging.info("%s: loading step %d, the best source check (train.keep_best)", workdir, step)
   restored = manager.restore(step, args=ocp.args.StandardRestore())
   manager.close()
   trained = jax.tree.map(jnp.asarray, restored["trainable"])

@@ -83,7 +83,8 @@ def test_without_patching_the_kept_step_is_the_first_best_logged_source_check(di
 
 def test_a_resumed_run_keeps_the_best_from_before_the_interruption_and_export_reads_it(dirs, monkeypatch, tmp_path):
   """A run stopped at step 4 (its best) and resumed to step 6 keeps step 4 from ``checkpoints_best``: the same
-  result as the uninterrupted run in memory; ``workdir.load_trained(best=True)`` loads that state."""
+  result as the uninterrupted run in memory; the workdir's readers (export, score, evaluate) load that state unless
+  asked for a step."""
   from dial_jax import workdir as workdir_lib
   from dial_jax.train import loop
   patch_source_check(monkeypatch)
@@ -96,7 +97,18 @@ def test_a_resumed_run_keeps_the_best_from_before_the_interruption_and_export_re
   monkeypatch.undo()
   assert resumed["kept_step"] == 4 and resumed["eval"] == in_memory.results["eval"]
   assert json.loads((run / "results.json").read_text())["kept_step"] == 4
-  *_, step = workdir_lib.load_trained(run, best=True)
-  assert step == 4
-  _, variables, *_ = workdir_lib.load_trained(run, best=True)
+  _, variables, *_, step = workdir_lib.load_trained(run)  # the run's result, as export and score read it
+  assert step == 4 and (run / "checkpoints" / "6").is_dir()
   assert_same_tree(variables, in_memory.variables)
+  *_, step = workdir_lib.load_trained(run, step=6)
+  assert step == 6
+
+
+def test_with_keep_best_the_evaluation_steps_are_part_of_the_run(dirs, tmp_path):
+  """``train.eval_every`` may change on resume, except with ``train.keep_best``: there it sets the candidates."""
+  from dial_jax.train import loop
+  saved = json.loads(config_for(dirs).to_json_best_effort())
+  with pytest.raises(config_lib.ConfigError, match="train.eval_every: 2 -> 3"):
+    loop.check_resume(saved, config_for(dirs, **{"train.eval_every": 3}), tmp_path)
+  saved["train"]["keep_best"] = False
+  loop.check_resume(saved, config_for(dirs, **{"train.eval_every": 3, "train.keep_best": False}), tmp_path)

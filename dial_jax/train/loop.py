@@ -389,7 +389,8 @@ def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir) -> Non
   old = {**config_lib.ADDED_KEYS, **config_lib.flatten(saved)}
   new = config_lib.flatten(json.loads(config.to_json_best_effort()))
   new["model.name"] = _absolute_model_name(new["model.name"])
-  differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE_KEYS)
+  safe = set(RESUME_SAFE_KEYS) - ({"train.eval_every"} if new.get("train.keep_best") else set())  # the candidates
+  differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in safe)
   if differ:
     listed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:8])
     raise config_lib.ConfigError(
