@@ -601,3 +601,19 @@ def test_lpft_sp_es_is_lpft_sp_keeping_the_best_source_check():
   es.train_config.train.eval_every, es.train_config.train.keep_best = 0, False
   es.settings, es.variants, es.variant_seeds = base.settings, base.variants, base.variant_seeds
   assert runner.grid_fingerprint(es) == runner.grid_fingerprint(base)
+
+
+def test_kept_steps_table_and_methods_line_for_early_stopped_grids():
+  """Grids with ``train.keep_best`` say so in the methods and list each run's kept step; others show neither."""
+  from configs import experiments
+  so = [{"seed": 0, "kept_step": 40}, {"seed": 1, "kept_step": 20}]
+  dial = [{"seed": 1, "kept_step": 200}, {"seed": 0, "kept_step": 100}]
+  summary = {"cross_lingual": {"rows": so + dial, "source_only": so, "dial": {10.0: dial}, "oracle": []}}
+  lines = report.kept_step_lines(summary)
+  assert "| cross-lingual (HH EN -> KO) | source-only | 2 | 30 | 0: 40, 1: 20 |" in lines
+  assert "| cross-lingual (HH EN -> KO) | DIAL λ=10 | 2 | 150 | 0: 100, 1: 200 |" in lines
+  assert not any("oracle" in line for line in lines[5:])
+  assert report.kept_step_lines({"cross_lingual": {**summary["cross_lingual"], "rows": [{"seed": 0}]}}) == []
+  es = "\n".join(report._methods_text(experiments.get_config("lpft_sp_es"), {}))
+  assert "Early stopping (`train.keep_best`): every trained run (oracle included) is evaluated every 20 steps" in es
+  assert "Early stopping" not in "\n".join(report._methods_text(experiments.get_config("lpft_sp"), {}))

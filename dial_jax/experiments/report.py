@@ -263,6 +263,11 @@ def _methods_text(exp: ml_collections.ConfigDict, summary: dict) -> list[str]:
       f"- Critic: widths {tuple(t.dial.critic_widths)}, activation {t.dial.critic_activation}, input scale "
       f"`{t.dial.critic_input_scale}`, {t.dial.critic_iter} critic steps per step, γ {t.dial.gamma}, Adam lr "
       f"{t.dial.critic_learning_rate:g}. Not run when λ is statically 0 (source-only, oracle).",
+  ] + ([
+      f"- Early stopping (`train.keep_best`): every trained run (oracle included) is evaluated every "
+      f"{t.train.eval_every} steps and at its end, and keeps the parameters of the evaluation with the best source "
+      "check (source_val; few-shot: the source training pairs), never target labels; every number below is that "
+      "model's (the steps kept: the table after the held-out gap)."] if t.train.get("keep_best") else []) + [
       f"- Seeds {tuple(exp.seeds)} (head init, batch order, critic init) for source-only, DIAL at every λ in "
       f"{tuple(exp.lambdas)}, and oracle (target labels); frozen-feature baselines are deterministic (one run). "
       + (f"Variants {', '.join(f'`{v}` at λ={lam:g}' for v, lam in exp.variants)} at seeds "
@@ -409,6 +414,7 @@ def render(exp: ml_collections.ConfigDict, summary: dict, rows: list[dict], figu
                    + ", ".join(RULE_NAMES[r] for r in s["choice"] if s["choice"][r] == lam) + " |")
 
   lines += heldout_section(summary)
+  lines += kept_step_lines(summary)
 
   variants = [(setting, k, v) for setting, s in summary.items() for k, v in s["variants"].items()]
   lines += ["", "## Variants", ""]
@@ -538,6 +544,25 @@ def heldout_curve_lines(summary: dict) -> list[str]:
              "Source check:", ""] + header + table(check, lambda _: None)
           + ["", "Target test:", ""] + header
           + table(lambda r: r.get("eval_curve", {}).get("target_test"), lambda _: None))
+
+
+def kept_step_lines(summary: dict) -> list[str]:
+  """Per setting and run kind, the step each run kept (``train.keep_best``: its best source check), seed by seed."""
+  kept = lambda runs: sorted((r["seed"], r["kept_step"]) for r in runs if "kept_step" in r)
+  if not any(kept(s["rows"]) for s in summary.values()):
+    return []
+  lines = ["", "## Steps kept by early stopping", "",
+           "The evaluation each run kept (`train.keep_best`: the best source check; ties keep the earlier step), "
+           "per seed, and their mean.", "", "| setting | run | n | mean | step per seed |", "| --- | --- | --- | --- "
+           "| --- |"]
+  for setting, s in summary.items():
+    kinds = [("source-only", s["source_only"])]
+    kinds += [(f"DIAL λ={lam:g}", runs) for lam, runs in sorted(s["dial"].items())] + [("oracle", s["oracle"])]
+    for name, runs in kinds:
+      if at := kept(runs):
+        lines.append(f"| {TITLES[setting]} | {name} | {len(at)} | {np.mean([k for _, k in at]):.0f} | "
+                     + ", ".join(f"{seed}: {k}" for seed, k in at) + " |")
+  return lines
 
 
 def _lambda_cells(runs: list[dict], check: str | None) -> list[str]:
