@@ -617,3 +617,46 @@ def test_kept_steps_table_and_methods_line_for_early_stopped_grids():
   es = "\n".join(report._methods_text(experiments.get_config("lpft_sp_es"), {}))
   assert "Early stopping (`train.keep_best`): every trained run (oracle included) is evaluated every 20 steps" in es
   assert "Early stopping" not in "\n".join(report._methods_text(experiments.get_config("lpft_sp"), {}))
+
+
+def test_intervals_page_compares_an_early_stopped_grid_with_the_same_grid_without_it(tmp_path):
+  """The early-stop section pairs by seed: the stopped grid's source-only against the reference's source-only and
+  against the reference's DIAL at the reference's label-free λ, and the stopped grid's DIAL at its own label-free λ
+  against its source-only. Here the stopped source-only runs carry the stopped DIAL λ=10 runs' scores, so the stop's
+  Δ is DIAL λ=10's and 'DIAL beyond the stop' at λ=10 is 0."""
+  from dial_jax.experiments import intervals
+  ref = _exp(tmp_path)
+  ref.preset, ref.variants, ref.variant_seeds = "ref", (), ()
+  stopped = _exp(tmp_path)
+  stopped.preset, stopped.variants, stopped.variant_seeds = "es", (), ()
+  stopped.train_config.train.eval_every, stopped.train_config.train.keep_best = 20, True
+  _essays(ref, np.random.default_rng(1))
+  truth = grid_summary.target_test_truth(ref, "simple_to_complex")
+  ref_rows, es_rows = make_rows(ref, truth), make_rows(stopped, truth, seed=1)
+  dial10 = {(r["setting"], r["seed"]): r for r in es_rows if r["mode"] == "dial" and r["lambda"] == 10.0}
+  for r in es_rows:
+    if r["mode"] == "source_only":
+      twin = dial10[r["setting"], r["seed"]]
+      r["eval"], r["test_scores"] = twin["eval"], twin["test_scores"]
+  for r in ref_rows + es_rows:
+    runner.append_result(ref.results, r)
+  section = intervals.render([], early_stops=[(stopped, ref)], num_samples=200).split(
+      "## Early stopping on the source check: `:es` against `:ref`")[1]
+  sums = [grid_summary.summarize_grid(e, grid_summary.grid_rows(e, runner.read_results(e.results)), num_samples=200)
+          for e in (stopped, ref)]
+  checked = []
+  for setting in ref.settings:
+    s, r = sums[0][setting], sums[1][setting]
+    t = None if setting == "few_shot" else truth
+    lam_ref = selection.label_free_lambda(r["source_only"], r["dial"])
+    lam = selection.label_free_lambda(s["source_only"], s["dial"])
+    stop = grid_summary.delta_interval(r["source_only"], s["dial"][10.0], t, num_samples=200)
+    line = next(x for x in section.splitlines() if x.startswith(f"| {grid_summary.TITLES[setting]} |"))
+    assert f"| {report._fmt_delta(stop)} |" in line
+    checked.append((lam_ref, lam))
+    if lam_ref is not None:
+      vs_dial = grid_summary.delta_interval(r["dial"][lam_ref], s["dial"][10.0], t, num_samples=200)
+      assert f"| {report._fmt_delta(vs_dial)} (λ={lam_ref:g}) |" in line
+    if lam == 10.0:
+      assert "| +0.000 [+0.000, +0.000] (n=3) (λ=10) |" in line
+  assert checked == [(10.0, 10.0), (1.0, 10.0)]  # both comparisons were made in both settings

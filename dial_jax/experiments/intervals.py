@@ -6,7 +6,8 @@ scores, so it also covers grids whose saved embeddings (needed by their own repo
 
   python -m dial_jax.experiments.intervals \
       --presets=default,lpft,lpft_all,lpft_sp,essays512,lpft_sp2,smollm_sp_control \
-      --controls=lpft_sp_control,lpft_control,lpft_all_control,smollm_sp_control --out=experiments/INTERVALS.md
+      --controls=lpft_sp_control,lpft_control,lpft_all_control,smollm_sp_control --early_stop=lpft_sp_es:lpft_sp \
+      --out=experiments/INTERVALS.md
 """
 from __future__ import annotations
 
@@ -159,7 +160,55 @@ def control_section(cells: list[dict], lambdas) -> list[str]:
   return lines + [""]
 
 
+def early_stop_cells(stopped: dict, reference: dict, *, num_samples: int) -> list[dict]:
+  """Per setting in both summaries (a grid with ``train.keep_best`` and the same grid without it): source-only with
+  and without early stopping, DIAL without it at its grid's label-free λ, and three Δs, each paired by seed with
+  examples resampled (``grid_summary.delta_interval``): stopped − plain source-only (what the stop does), stopped
+  source-only − plain DIAL (the stop against DIAL's gain) and stopped DIAL − stopped source-only (DIAL beyond the
+  stop, at the stopped grid's label-free λ)."""
+  cells = []
+  for setting, s in stopped.items():
+    r = reference.get(setting)
+    if r is None or not s["source_only"] or not r["source_only"]:
+      continue
+    lam_ref, lam = r["choice"]["label_free"], s["choice"]["label_free"]
+    delta = lambda a, b: grid_summary.delta_interval(a, b, s["truth"], num_samples=num_samples)
+    cells.append({
+        "setting": setting, "so_ref": grid_summary.stats(map(grid_summary.target_metric, r["source_only"])),
+        "so": grid_summary.stats(map(grid_summary.target_metric, s["source_only"])),
+        "lam_ref": lam_ref, "lam": lam,
+        "stop": delta(r["source_only"], s["source_only"]),
+        "stop_vs_dial": None if lam_ref is None else delta(r["dial"][lam_ref], s["source_only"]),
+        "dial_beyond": None if lam is None else delta(s["source_only"], s["dial"][lam]),
+    })
+  return cells
+
+
+def early_stop_section(pairs: list[tuple[str, str, list[dict]]]) -> list[str]:
+  """One table per (stopped grid, reference grid) pair of :func:`early_stop_cells`."""
+  fmt = report._fmt_delta
+  lam = lambda x: "none qualifies" if x is None else f"λ={x:g}"
+  lines = []
+  for stopped, reference, cells in pairs:
+    lines += [f"## Early stopping on the source check: {stopped} against {reference}", "",
+              f"{stopped} is {reference} with `train.keep_best` (each run keeps its evaluation with the best source "
+              "check: no target label). Source-only's mean ± std with and without the stop, then three Δs, each "
+              "paired by seed with examples resampled: what the stop does to source-only; stopped source-only minus "
+              f"{reference}'s DIAL at its label-free λ (does the stop alone match DIAL?); stopped DIAL minus stopped "
+              "source-only at the stopped grid's label-free λ (does DIAL add anything beyond the stop?). Simple-to-"
+              "complex is in Pearson, the rest in accuracy.", "",
+              *_table_head(["setting", "source-only", "stopped", "stopped − source-only", "stopped source-only − "
+                            "DIAL (λ)", "stopped DIAL − stopped source-only (λ)"])]
+    for c in cells:
+      lines.append(f"| {grid_summary.TITLES[c['setting']]} | {report._fmt(c['so_ref'])} | {report._fmt(c['so'])} | "
+                   f"{fmt(c['stop'])} | {fmt(c['stop_vs_dial'])} ({lam(c['lam_ref'])}) | {fmt(c['dial_beyond'])} "
+                   f"({lam(c['lam'])}) |")
+    lines.append("")
+  return lines
+
+
 def render(grids: list[ml_collections.ConfigDict], controls: list[ml_collections.ConfigDict] = (), *,
+           early_stops: list[tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]] = (),
            num_samples: int = grid_summary.BOOTSTRAP_SAMPLES) -> str:
   lines = [
       "# Δ intervals of every grid, with and without the training seeds resampled", "",
@@ -188,7 +237,12 @@ def render(grids: list[ml_collections.ConfigDict], controls: list[ml_collections
     if tuple(exp.lambdas) == tuple(lambdas):
       rows = grid_summary.grid_rows(exp, runner.read_results(exp.results))
       control += control_cells(exp, grid_summary.summarize_grid(exp, rows, num_samples=num_samples))
-  return "\n".join(lines + control_section(control, lambdas))
+  pairs = []
+  for stopped, reference in early_stops:
+    summaries = [grid_summary.summarize_grid(e, grid_summary.grid_rows(e, runner.read_results(e.results)),
+                                             num_samples=num_samples) for e in (stopped, reference)]
+    pairs.append((grid_name(stopped), grid_name(reference), early_stop_cells(*summaries, num_samples=num_samples)))
+  return "\n".join(lines + control_section(control, lambdas) + early_stop_section(pairs))
 
 
 def main(argv):
@@ -204,14 +258,20 @@ def main(argv):
     controls = [load_grid(FLAGS.config_file, p) for p in FLAGS.controls]
   except ValueError as e:
     raise app.UsageError(f"--controls: {e}") from None
-  for exp in grids + controls:
+  try:
+    early_stops = [tuple(load_grid(FLAGS.config_file, p) for p in pair.split(":")) for pair in FLAGS.early_stop]
+  except ValueError as e:
+    raise app.UsageError(f"--early_stop: {e}") from None
+  if any(len(pair) != 2 for pair in early_stops):
+    raise app.UsageError(f"--early_stop={','.join(FLAGS.early_stop)}: give STOPPED:REFERENCE preset pairs")
+  for exp in grids + controls + [e for pair in early_stops for e in pair]:
     if FLAGS.results:
       exp.results = FLAGS.results
   out = Path(FLAGS.out)
   if out.exists() and not FLAGS.overwrite and not out.read_text(encoding="utf-8").startswith(
       "# Δ intervals of every grid"):
     raise app.UsageError(f"--out={out} exists and is not a page this tool wrote; pass --overwrite to replace it")
-  out.write_text(render(grids, controls), encoding="utf-8")
+  out.write_text(render(grids, controls, early_stops=early_stops), encoding="utf-8")
   logging.info("wrote %s (%d grids)", out, len(grids))
 
 
@@ -224,6 +284,8 @@ if __name__ == "__main__":
                     "Presets of the config file ('default': the grid without a preset).")
   flags.DEFINE_list("controls", ["lpft_sp_control", "lpft_control", "lpft_all_control", "smollm_sp_control"],
                     "Presets that ran the shuffled-domains control (their control minus DIAL, one section).")
+  flags.DEFINE_list("early_stop", ["lpft_sp_es:lpft_sp"],
+                    "STOPPED:REFERENCE preset pairs: a grid with train.keep_best against the same grid without it.")
   flags.DEFINE_string("results", None, "Results file (default: each preset's).")
   flags.DEFINE_string("out", "experiments/INTERVALS.md", "Where to write the page.")
   flags.DEFINE_bool("overwrite", False, "Replace --out even when it is not a page this tool wrote.")
