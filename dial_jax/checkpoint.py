@@ -12,7 +12,6 @@ from absl import logging
 from dial_jax import paths
 from dial_jax.train.state import TrainState
 
-BEST_DIR = paths.BEST_CHECKPOINTS
 BEST_METRIC = "source_check"
 
 
@@ -33,7 +32,7 @@ class Checkpointer:
           max_to_keep=1, best_fn=lambda metrics: metrics[BEST_METRIC], best_mode="max",
           keep_checkpoints_without_metrics=False, enable_async_checkpointing=True, create=True,
           cleanup_tmp_directories=True)
-      self.best = ocp.CheckpointManager(paths.absolute(workdir) / BEST_DIR, options=best_options)
+      self.best = ocp.CheckpointManager(paths.absolute(workdir) / paths.BEST_CHECKPOINTS, options=best_options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -114,10 +113,16 @@ class Checkpointer:
     self.manager.reload()
     return dest
 
-  def close(self) -> None:
+  def wait_until_finished(self) -> None:
+    """Block until every asynchronous save is written."""
     for manager in (self.manager, self.best):
       if manager is not None:
         manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait_until_finished()
+    for manager in (self.manager, self.best):
+      if manager is not None:
         manager.close()
 
 

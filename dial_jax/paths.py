@@ -111,6 +111,7 @@ def read_json(p, default=None):
 
 BEST_CHECKPOINTS = "checkpoints_best"  # train.keep_best's state, beside a workdir's checkpoints/
 
+
 def finished_steps(checkpoints_dir) -> list[int]:
   """Steps of the finished orbax checkpoints in ``checkpoints_dir``: integer-named directories (locally orbax
   renames a finished checkpoint into place; on a bucket it writes ``commit_success.txt`` into it last)."""

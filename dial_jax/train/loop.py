@@ -327,6 +327,8 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
         _flush(writer)  # the metrics up to a checkpoint are stored before it (a bucket's are uploaded in batches)
       checkpointer.maybe_save(step, state, force=step == num_steps)
   bar.close()
+  if checkpointer is not None:
+    checkpointer.wait_until_finished()  # the last checkpoint is on disk before the (long) final evaluation
   if preemption is not None:
     preemption.uninstall()
 
