@@ -221,7 +221,8 @@ def render(grids: list[ml_collections.ConfigDict], controls: list[ml_collections
       f"training seeds too; with 5 seeds it is coarse, and it is the stricter reading. {num_samples} draws, seed "
       f"{grid_summary.BOOTSTRAP_SEED}. Variants run at every seed and λ are methods of their own (their λ chosen "
       f"by the same rules from their own runs). Then every grid's Δ beside how far its source-only runs ended from the "
-      f"frozen-feature probe and, where grids ran the shuffled-domains control, the control minus DIAL.", "",
+      f"frozen-feature probe, where grids ran the shuffled-domains control, the control minus DIAL, and early-stopped "
+      f"grids (`train.keep_best`) against the same grid without the stop.", "",
   ]
   cells = []
   lambdas = grids[0].lambdas if grids else ()
