@@ -17,6 +17,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2wd      # that, 4 settings, decay 100
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_gapcurve  # lpft_sp, held-out gap per 40 steps
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_es        # lpft_sp, early stop on source check
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_es_control  # that + the shuffled control
   python -m dial_jax.experiments --config=configs/experiments.py:quick      # CI's short version
 
 How it fits a 2-core CPU: the reward model is a bundled backbone (``model``: Gemma-3-270M; SmolLM2-135M in
@@ -169,6 +170,10 @@ def get_config(arg=None):
     c.variants, c.variant_seeds = (), ()
     c.train_config.train.eval_every = 20
     c.train_config.train.keep_best = True
+  elif arg == "lpft_sp_es_control":  # lpft_sp_es's grid (same runs and rows) plus the shuffled-domains control: is
+    # what DIAL adds beyond early stopping in simple-to-complex carried by the domain labels? Few-shot is left out
+    # (every run there keeps step 20). (experiments/lpft_sp_es_control/NOTES.md)
+    c = _with_shuffled_control(get_config("lpft_sp_es"), ("simple_to_complex", "cross_lingual", "clean_to_noisy"))
   elif arg == "lpft_sp2":  # lpft_sp with the top two layers trained (new prefix caches); the plain grid only
     c = get_config("lpft_sp")
     c.top_layers = 2
@@ -197,6 +202,6 @@ def get_config(arg=None):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
                      "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp_fresh', "
                      "'lpft_sp10', 'lpft_sp_l2', 'lpft_sp_l2wd', "
-                     "'lpft_sp_gapcurve', 'lpft_sp_es', 'lpft_sp2', 'essays512' or 'quick'")
+                     "'lpft_sp_gapcurve', 'lpft_sp_es', 'lpft_sp_es_control', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c

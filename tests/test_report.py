@@ -401,7 +401,7 @@ def test_each_preset_writes_its_own_report_by_default(tmp_path):
   paths = {arg: report.default_path(experiments.get_config(arg))
            for arg in ("", "lpft", "lpft_sp", "lpft_sp_control", "lpft_control", "lpft_all_control",
                        "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp_l2", "lpft_sp_l2wd",
-                       "lpft_sp_gapcurve", "lpft_sp_es", "lpft_sp2", "quick")}
+                       "lpft_sp_gapcurve", "lpft_sp_es", "lpft_sp_es_control", "lpft_sp2", "quick")}
   assert paths[""] == Path("experiments/REPORT.md")
   assert paths["lpft_sp_control"] == Path("experiments/lpft_sp_control/REPORT.md")
   assert paths["lpft_control"] == Path("experiments/lpft_control/REPORT.md")
@@ -601,6 +601,17 @@ def test_lpft_sp_es_is_lpft_sp_keeping_the_best_source_check():
   es.train_config.train.eval_every, es.train_config.train.keep_best = 0, False
   es.settings, es.variants, es.variant_seeds = base.settings, base.variants, base.variant_seeds
   assert runner.grid_fingerprint(es) == runner.grid_fingerprint(base)
+
+
+def test_lpft_sp_es_control_shares_lpft_sp_es_rows_and_adds_only_the_shuffled_control():
+  """The control preset reuses :lpft_sp_es's committed runs (same fingerprint) and runs only the shuffled-domains
+  variant, early-stopped like them, at every seed and lambda of its three settings."""
+  from configs import experiments
+  es, ctl = experiments.get_config("lpft_sp_es"), experiments.get_config("lpft_sp_es_control")
+  assert runner.grid_fingerprint(ctl) == runner.grid_fingerprint(es)
+  assert ctl.settings == ("simple_to_complex", "cross_lingual", "clean_to_noisy")
+  assert ctl.variants == tuple(("dial.domain_labels=shuffled", lam) for lam in es.lambdas)
+  assert ctl.variant_seeds == es.seeds and ctl.train_config.train.keep_best
 
 
 def test_kept_steps_table_and_methods_line_for_early_stopped_grids():
