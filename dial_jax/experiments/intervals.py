@@ -6,7 +6,8 @@ scores, so it also covers grids whose saved embeddings (needed by their own repo
 
   python -m dial_jax.experiments.intervals \
       --presets=default,lpft,lpft_all,lpft_sp,essays512,lpft_sp2,smollm_sp_control \
-      --controls=lpft_sp_control,lpft_control,lpft_all_control,smollm_sp_control --early_stop=lpft_sp_es:lpft_sp \
+      --controls=lpft_sp_control,lpft_control,lpft_all_control,smollm_sp_control,lpft_sp_es_control \
+      --early_stop=lpft_sp_es:lpft_sp \
       --out=experiments/INTERVALS.md
 """
 from __future__ import annotations
@@ -283,7 +284,8 @@ if __name__ == "__main__":
   flags.DEFINE_list("presets", ["default", "lpft", "lpft_all", "lpft_sp", "essays512", "lpft_sp2",
                                 "smollm_sp_control"],
                     "Presets of the config file ('default': the grid without a preset).")
-  flags.DEFINE_list("controls", ["lpft_sp_control", "lpft_control", "lpft_all_control", "smollm_sp_control"],
+  flags.DEFINE_list("controls", ["lpft_sp_control", "lpft_control", "lpft_all_control", "smollm_sp_control",
+                                 "lpft_sp_es_control"],
                     "Presets that ran the shuffled-domains control (their control minus DIAL, one section).")
   flags.DEFINE_list("early_stop", ["lpft_sp_es:lpft_sp"],
                     "STOPPED:REFERENCE preset pairs: a grid with train.keep_best against the same grid without it.")
