@@ -44,19 +44,29 @@ def grid_rows(exp: ml_collections.ConfigDict, rows: list[dict]) -> list[dict]:
   return [r for r in rows if r.get("grid") == fingerprint and r["run_id"] in declared]
 
 
-def target_test_truth(exp: ml_collections.ConfigDict, setting: str) -> np.ndarray | None:
-  """The true scores of a scored setting's target_test examples, in the order the runner evaluated them: the
-  seeded group-stratified subset ``pipeline.load_domain(limit=exp.limits.target_test, seed=exp.data_seed)`` draws,
-  recomputed from the file without tokenizing. None for pair settings or when the file is missing."""
+def target_test_rows(exp: ml_collections.ConfigDict, setting: str) -> tuple[str, list[dict]] | None:
+  """(file kind, rows) of a setting's target_test examples in the order the runner evaluated them: the seeded
+  group-stratified subset ``pipeline.load_domain(limit=exp.limits.target_test, seed=exp.data_seed)`` draws,
+  recomputed from the file without tokenizing. None when the file is missing."""
   path = Path(exp.data_dir) / setting / "target_test.jsonl"
-  if not path.exists() or pipeline.file_kind(path) != "scored":
+  if not path.exists():
     return None
-  rows, _ = dio.read_rows(path, "scored")
+  kind = pipeline.file_kind(path)
+  rows, _ = dio.read_rows(path, kind)
   limit = exp.limits["target_test"]
   if limit and limit < len(rows):
     groups = [r["group"] if r.get("group") is not None else r["id"] for r in rows]
     rows = [rows[i] for i in pipeline.subset_indices(groups, limit, exp.data_seed)]
-  return np.asarray([r["score"] for r in rows], np.float32)
+  return kind, rows
+
+
+def target_test_truth(exp: ml_collections.ConfigDict, setting: str) -> np.ndarray | None:
+  """The true scores of a scored setting's target_test examples (``target_test_rows``' order). None for pair
+  settings or when the file is missing."""
+  found = target_test_rows(exp, setting)
+  if found is None or found[0] != "scored":
+    return None
+  return np.asarray([r["score"] for r in found[1]], np.float32)
 
 
 def target_metric(row: dict) -> float:
@@ -87,22 +97,24 @@ def scores_ok(row: dict, truth) -> bool:
           and abs(selection.pearson_with(scores, truth) - target_metric(row)) <= CONSISTENCY_TOL)
 
 
-def delta_interval(source_only: list[dict], dial: list[dict], truth, *, num_samples: int = BOOTSTRAP_SAMPLES,
-                   seed: int = BOOTSTRAP_SEED) -> dict | None:
+def delta_interval(source_only: list[dict], dial: list[dict], truth, *, metric=None, targets=None,
+                   num_samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> dict | None:
   """Δ = DIAL − source-only on target_test, runs paired by seed (seeds present in both with usable test scores),
   examples resampled (``lo``, ``hi``; issue 13's interval) and, from the same draws, seeds resampled too
   (``lo_seeds``, ``hi_seeds``; ``selection.interval``): accuracy of margins for pairs, Pearson with ``truth`` for
-  scored texts. None when no seed pairs up."""
+  scored texts, or ``metric(scores, targets)`` when given (e.g. a correlation with the texts' length). None when
+  no seed pairs up."""
   a = {r["seed"]: r for r in source_only if scores_ok(r, truth)}
   b = {r["seed"]: r for r in dial if scores_ok(r, truth)}
   seeds = sorted(set(a) & set(b))
   if not seeds:
     return None
-  pairs = "accuracy" in a[seeds[0]]["eval"]["target_test"]
-  metric = selection.accuracy_of_margins if pairs else selection.pearson_with
+  if metric is None:
+    pairs = "accuracy" in a[seeds[0]]["eval"]["target_test"]
+    metric, targets = (selection.accuracy_of_margins, None) if pairs else (selection.pearson_with, truth)
   full, draws = selection.per_run_draws([row_format.scores_of(a[s]) for s in seeds],
                                         [row_format.scores_of(b[s]) for s in seeds],
-                                        metric, None if pairs else truth, num_samples=num_samples, seed=seed)
+                                        metric, targets, num_samples=num_samples, seed=seed)
   mean, lo, hi = selection.interval(full, draws, seed=seed)
   _, lo_seeds, hi_seeds = selection.interval(full, draws, resample_runs=True, seed=seed)
   return {"delta": mean, "lo": lo, "hi": hi, "lo_seeds": lo_seeds, "hi_seeds": hi_seeds, "seeds": seeds,

@@ -1,0 +1,235 @@
+r"""What the target_test scores of a grid's runs track besides the truth: the length of the texts. For scored
+settings (simple-to-complex) per run the Pearson of the reward with the essay's length in words (r_rl) and the
+partial Pearson of the reward with the true score given length; since Pearson(reward, truth) = r_tl · r_rl +
+partial · √((1 − r_rl²)(1 − r_tl²)) with r_tl = Pearson(truth, length) fixed by the data, r_tl · Δr_rl is the
+*length term* of a method's ΔPearson. For pair settings the Pearson of the margin with the chosen − rejected length
+difference. Differences between methods are paired by seed with the report's bootstrap
+(``grid_summary.delta_interval``). Reads only the results file and the data files.
+
+  python -m dial_jax.experiments.length --out=experiments/length/REPORT.md
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dial_jax.experiments import grid_summary, intervals, runner, selection
+from dial_jax.experiments import rows as row_format
+
+TITLE = "# What the rewards track besides the truth: the texts' length"
+
+
+def words(text: str) -> int:
+  return len(text.split())
+
+
+def target_test_targets(exp: ml_collections.ConfigDict, setting: str) -> np.ndarray | None:
+  """[examples, 2] in the runner's target_test order: (true score, length in words) for scored texts; (NaN, chosen
+  − rejected response length) for pairs. None when the file is missing."""
+  found = grid_summary.target_test_rows(exp, setting)
+  if found is None:
+    return None
+  kind, rows = found
+  if kind == "scored":
+    return np.asarray([(r["score"], words(r["text"])) for r in rows], np.float64)
+  return np.asarray([(np.nan, words(r["response_chosen"]) - words(r["response_rejected"])) for r in rows],
+                    np.float64)
+
+
+def length_pearson(scores, targets) -> float:
+  """Pearson of the scores (rewards or margins) with the length column of ``target_test_targets``."""
+  return selection.pearson_with(scores, np.asarray(targets)[:, 1])
+
+
+def _residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+  """y minus its least-squares line on x."""
+  x, y = x - x.mean(), np.asarray(y, np.float64) - np.mean(y)
+  xx = float(x @ x)
+  return y - x * (float(x @ y) / xx) if xx > 0 else y
+
+
+def partial_pearson(scores, targets) -> float:
+  """Pearson of the scores with the true score once the length's linear part is removed from both; 0 when the
+  scores are (to rounding) a linear function of length, where nothing is left to correlate."""
+  t = np.asarray(targets)
+  rest = _residual(scores, t[:, 1])
+  if np.linalg.norm(rest) <= 1e-9 * np.linalg.norm(np.asarray(scores, np.float64) - np.mean(scores)):
+    return 0.0
+  return selection.pearson_with(rest, _residual(t[:, 0], t[:, 1]))
+
+
+def _usable(runs: list[dict], targets: np.ndarray) -> list[dict]:
+  return [r for r in runs if grid_summary.scores_ok(r, targets[:, 0] if np.isfinite(targets[0, 0]) else None)]
+
+
+def method_stats(runs: list[dict], targets: np.ndarray) -> dict:
+  """Mean over the runs of the target metric, r_rl and (scored) the partial Pearson."""
+  runs = _usable(runs, targets)
+  per = lambda fn: float(np.mean([fn(row_format.scores_of(r), targets) for r in runs])) if runs else float("nan")
+  scored = np.isfinite(targets[0, 0])
+  return {"n": len(runs), "metric": grid_summary.mean_of(runs, grid_summary.target_metric),
+          "length": per(length_pearson), "partial": per(partial_pearson) if scored else None}
+
+
+def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples: int) -> dict | None:
+  """b − a paired by seed: the target metric's Δ, Δr_rl and (scored) the length term and Δpartial, each with
+  ``grid_summary.delta_interval``'s intervals. None when no seed pairs up."""
+  scored = np.isfinite(targets[0, 0])
+  truth = targets[:, 0] if scored else None
+  delta = lambda **kw: grid_summary.delta_interval(a, b, truth, num_samples=num_samples, **kw)
+  metric = delta()
+  if metric is None:
+    return None
+  out = {"metric": metric, "length": delta(metric=length_pearson, targets=targets)}
+  if scored:
+    out["partial"] = delta(metric=partial_pearson, targets=targets)
+    out["length_term"] = float(np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]) * out["length"]["delta"]
+  return out
+
+
+def setting_cells(exp: ml_collections.ConfigDict, summary: dict, *, num_samples: int) -> list[dict]:
+  """Per setting of a grid summary with its data file: each method's stats (source-only, DIAL and the
+  shuffled-domains control at each λ, oracle) and the comparisons DIAL − source-only and DIAL − control."""
+  cells = []
+  for setting, s in summary.items():
+    targets = target_test_targets(exp, setting)
+    if targets is None or not s["source_only"]:
+      continue
+    control = {lam: s["variants"].get((intervals.CONTROL, lam), []) for lam in exp.lambdas}
+    methods = [("source-only", s["source_only"])]
+    methods += [(f"DIAL λ={lam:g}", s["dial"].get(lam, [])) for lam in exp.lambdas]
+    methods += [(f"control λ={lam:g}", control[lam]) for lam in exp.lambdas if control[lam]]
+    methods += [("oracle", s["oracle"])]
+    comparisons = [(f"DIAL − source-only, λ={lam:g}", "dial", lam, s["source_only"], s["dial"][lam])
+                   for lam in exp.lambdas if s["dial"].get(lam)]
+    comparisons += [(f"DIAL − control, λ={lam:g}", "control", lam, control[lam], s["dial"][lam])
+                    for lam in exp.lambdas if control[lam] and s["dial"].get(lam)]
+    cells.append({
+        "grid": intervals.grid_name(exp), "model": exp.model, "setting": setting, "metric": s["metric"],
+        "r_tl": float(np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]) if s["metric"] == "pearson" else None,
+        "methods": [(name, method_stats(runs, targets)) for name, runs in methods if runs],
+        "comparisons": [{"name": name, "kind": kind, "lambda": lam,
+                         "d": comparison(a, b, targets, num_samples=num_samples)}
+                        for name, kind, lam, a, b in comparisons]})
+  return cells
+
+
+def sign_tally(cells: list[dict]) -> dict[str, tuple[int, int]]:
+  """Per backbone, over scored settings' DIAL − source-only comparisons: (cells where Δr_rl has the sign of
+  ΔPearson, cells)."""
+  out: dict[str, tuple[int, int]] = {}
+  for c in cells:
+    if c["metric"] != "pearson":
+      continue
+    for comp in c["comparisons"]:
+      if comp["kind"] == "dial" and comp["d"] is not None:
+        agree = np.sign(comp["d"]["length"]["delta"]) == np.sign(comp["d"]["metric"]["delta"])
+        k, n = out.get(c["model"], (0, 0))
+        out[c["model"]] = (k + int(agree), n + 1)
+  return out
+
+
+def _interval(d: dict | None) -> str:
+  if d is None:
+    return "—"
+  return f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; seeds too [{d['lo_seeds']:+.3f}, {d['hi_seeds']:+.3f}]"
+
+
+def cell_lines(c: dict) -> list[str]:
+  """One grid and setting: the methods' table, then the comparisons'."""
+  scored = c["metric"] == "pearson"
+  title = grid_summary.TITLES[c["setting"]]
+  lines = [f"### {c['grid']}: {title}", ""]
+  if scored:
+    lines += [f"Pearson(true score, length) = {c['r_tl']:+.3f} on these essays.", ""]
+  head = ["method", "runs", "Pearson with the truth" if scored else "accuracy",
+          "Pearson with length" if scored else "Pearson of the margin with the length difference"]
+  head += ["partial Pearson with the truth given length"] if scored else []
+  lines += intervals._table_head(head)
+  for name, m in c["methods"]:
+    row = [name, str(m["n"]), f"{m['metric']:+.3f}" if scored else f"{m['metric']:.3f}", f"{m['length']:+.3f}"]
+    row += [f"{m['partial']:+.3f}"] if scored else []
+    lines.append("| " + " | ".join(row) + " |")
+  lines.append("")
+  head = ["comparison", "Δ metric", "Δ Pearson with length"]
+  head += ["length term r_tl · Δ", "Δ partial"] if scored else []
+  lines += intervals._table_head(head)
+  for comp in c["comparisons"]:
+    d = comp["d"]
+    if d is None:
+      continue
+    row = [comp["name"], _interval(d["metric"]), _interval(d["length"])]
+    row += [f"{d['length_term']:+.3f}", _interval(d["partial"])] if scored else []
+    lines.append("| " + " | ".join(row) + " |")
+  return lines + [""]
+
+
+def render(grids: list[ml_collections.ConfigDict], *,
+           num_samples: int = grid_summary.BOOTSTRAP_SAMPLES) -> str:
+  lines = [TITLE, "",
+           "Generated by `python -m dial_jax.experiments.length` from the results file and the data files (design "
+           "and predictions: [NOTES.md](NOTES.md)). Length is in words (whitespace-separated) of the whole text; the "
+           "model sees only its first or last `max_length` tokens. Scored settings: Pearson of each run's rewards "
+           "with the essays' length, and the partial Pearson with the true score given length; the length term "
+           "r_tl · Δ is the part of ΔPearson that the change in the length correlation accounts for (r_tl = "
+           "Pearson(truth, length)). Pair settings: Pearson of each pair's margin with the chosen − rejected length "
+           "difference. Method columns are means over runs; comparisons are paired by seed, examples resampled, "
+           f"with the seeds resampled too as the stricter reading ({num_samples} draws, seed "
+           f"{grid_summary.BOOTSTRAP_SEED}). `control` is the shuffled-domains control (`{intervals.CONTROL}`).",
+           ""]
+  cells = []
+  for exp in grids:
+    rows = grid_summary.grid_rows(exp, runner.read_results(exp.results))
+    summary = grid_summary.summarize_grid(exp, rows, num_samples=num_samples)
+    mine = setting_cells(exp, summary, num_samples=num_samples)
+    lines += [f"## {intervals.grid_name(exp)} (grid `{runner.grid_fingerprint(exp)}`, seeds "
+              f"{', '.join(map(str, exp.seeds))})", ""]
+    if not mine:
+      lines += [f"No runs of this grid in `{exp.results}`.", ""]
+    for c in mine:
+      lines += cell_lines(c)
+    cells += mine
+  lines += ["## Does the length correlation move with the metric?", "",
+            "Over every scored setting's DIAL − source-only comparisons above (one per grid and λ), how often Δ of "
+            "the Pearson with length has the sign of ΔPearson with the truth:", ""]
+  for model, (k, n) in sign_tally(cells).items():
+    lines.append(f"- `{model}`: {k} of {n} cells.")
+  return "\n".join(lines + [""])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not Path(FLAGS.config_file).is_file():
+    raise app.UsageError(f"--config_file={FLAGS.config_file}: no such file")
+  try:
+    grids = [intervals.load_grid(FLAGS.config_file, p) for p in FLAGS.presets]
+  except ValueError as e:
+    raise app.UsageError(f"--presets: {e}") from None
+  for exp in grids:
+    if FLAGS.results:
+      exp.results = FLAGS.results
+  out = Path(FLAGS.out)
+  if out.exists() and not FLAGS.overwrite and not out.read_text(encoding="utf-8").startswith(TITLE):
+    raise app.UsageError(f"--out={out} exists and is not a page this tool wrote; pass --overwrite to replace it")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(render(grids), encoding="utf-8")
+  logging.info("wrote %s (%d grids)", out, len(grids))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  FLAGS = flags.FLAGS
+  flags.DEFINE_string("config_file", "configs/experiments.py", "Experiment grid config file.")
+  # Grids with disjoint runs (a control preset stands for the plain grid it shares its rows with).
+  flags.DEFINE_list("presets", ["lpft_sp_control", "lpft_sp_es_control", "smollm_sp_control", "default",
+                                "lpft_control", "lpft_all_control", "lpft_sp_fresh", "lpft_sp_l2wd",
+                                "lpft_sp_gapcurve", "lpft_sp2", "essays512", "smollm_fresh"],
+                    "Presets of the config file ('default': the grid without a preset).")
+  flags.DEFINE_string("results", None, "Results file (default: each preset's).")
+  flags.DEFINE_string("out", "experiments/length/REPORT.md", "Where to write the page.")
+  flags.DEFINE_bool("overwrite", False, "Replace --out even when it is not a page this tool wrote.")
+  app.run(main)

@@ -1,0 +1,108 @@
+"""The length page (dial_jax.experiments.length): the partial Pearson and the length term that split a reward's
+Pearson with the truth, the texts' lengths in the runner's order, and the page on synthetic rows."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dial_jax.data import pipeline
+from dial_jax.experiments import grid_summary, length, runner
+from tests.test_report import N_ESSAYS, _exp, make_rows
+
+
+class WordTokenizer:
+  """One token per whitespace-separated word, after a BOS token."""
+  bos_token_id = 1
+
+  def __call__(self, texts, **_):
+    return {"input_ids": [[1] + [2] * len(t.split()) for t in texts]}
+
+
+def test_partial_pearson_and_the_length_term_split_the_pearson_with_the_truth():
+  """Pearson(reward, truth) = r_tl·r_rl + partial·√((1 − r_rl²)(1 − r_tl²)) holds to 1e-9 on random data, and
+  the partial is the textbook formula; a reward that is the length alone has r_rl = 1 and nothing left given
+  length."""
+  rng = np.random.default_rng(0)
+  n = 300
+  size = rng.normal(size=n)
+  truth = 0.8 * size + 0.6 * rng.normal(size=n)
+  lengths = 400 + 100 * size
+  reward = -0.3 * size + 0.5 * truth + rng.normal(size=n)
+  targets = np.stack([truth, lengths], axis=1)
+  r_rt = np.corrcoef(reward, truth)[0, 1]
+  r_rl, r_tl = np.corrcoef(reward, lengths)[0, 1], np.corrcoef(truth, lengths)[0, 1]
+  partial = length.partial_pearson(reward, targets)
+  assert abs(partial - (r_rt - r_rl * r_tl) / np.sqrt((1 - r_rl ** 2) * (1 - r_tl ** 2))) < 1e-9
+  assert abs(r_tl * length.length_pearson(reward, targets)
+             + partial * np.sqrt((1 - r_rl ** 2) * (1 - r_tl ** 2)) - r_rt) < 1e-9
+  assert abs(length.length_pearson(3 * lengths + 1, targets) - 1) < 1e-12
+  assert abs(length.partial_pearson(3 * lengths + 1, targets)) < 1e-6
+
+
+def test_lengths_are_those_of_the_texts_the_runner_scored(tmp_path):
+  """Scored: each essay's score is its word count, so the two columns agree row by row only if the lengths follow
+  load_domain's seeded subset (which the tokenizer's lengths confirm). Pairs: chosen − rejected, in the subset's
+  order."""
+  exp = _exp(tmp_path)
+  path = Path(exp.data_dir) / "simple_to_complex" / "target_test.jsonl"
+  path.parent.mkdir(parents=True)
+  path.write_text("".join(json.dumps({"id": f"asap-{i:03d}", "text": " ".join(["w"] * (i + 1)), "score": i + 1.0,
+                                      "group": f"set{i % 3}"}) + "\n" for i in range(45)))
+  targets = length.target_test_targets(exp, "simple_to_complex")
+  domain = pipeline.load_domain(path, WordTokenizer(), 64, limit=N_ESSAYS, seed=exp.data_seed)
+  assert targets.shape == (N_ESSAYS, 2) and len(set(targets[:, 1])) == N_ESSAYS
+  np.testing.assert_array_equal(targets[:, 1], targets[:, 0])
+  np.testing.assert_array_equal(targets[:, 0], domain.scores)
+  np.testing.assert_array_equal(targets[:, 1], [len(ids) - 1 for ids in domain.texts])
+  pairs = Path(exp.data_dir) / "few_shot" / "target_test.jsonl"
+  pairs.parent.mkdir(parents=True)
+  rows = [{"id": f"p{i:03d}", "prompt": "q", "response_chosen": " ".join(["a"] * (i + 1)),
+           "response_rejected": "b b b"} for i in range(300)]
+  pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  exp.limits.target_test = 200
+  got = length.target_test_targets(exp, "few_shot")
+  keep = pipeline.subset_indices([r["id"] for r in rows], 200, exp.data_seed)
+  assert np.isnan(got[:, 0]).all()
+  np.testing.assert_array_equal(got[:, 1], [i + 1 - 3 for i in keep])
+
+
+def test_page_shows_each_method_and_paired_comparisons_and_refuses_a_foreign_file(tmp_path):
+  """On synthetic rows whose rewards track the truth (longer essays score higher): each method's mean Pearson with
+  length, DIAL − source-only's Δ of it with the report's paired intervals, the length term, and the sign tally."""
+  exp = _exp(tmp_path)
+  exp.preset = "syn"
+  rng = np.random.default_rng(1)
+  path = Path(exp.data_dir) / "simple_to_complex" / "target_test.jsonl"
+  path.parent.mkdir(parents=True)
+  scores = rng.integers(0, 13, 45)
+  path.write_text("".join(json.dumps({"id": f"asap-{i:03d}", "score": float(s), "group": f"set{i % 3}",
+                                      "text": " ".join(["w"] * int(5 * s + rng.integers(1, 30)))}) + "\n"
+                          for i, s in enumerate(scores)))
+  truth = grid_summary.target_test_truth(exp, "simple_to_complex")
+  rows = make_rows(exp, truth)
+  for r in rows:
+    runner.append_result(exp.results, r)
+  text = length.render([exp], num_samples=200)
+  targets = length.target_test_targets(exp, "simple_to_complex")
+  pick = lambda mode, lam=None: [r for r in rows if r["setting"] == "simple_to_complex" and r["mode"] == mode
+                                 and not r["variant"] and (lam is None or r["lambda"] == lam)]
+  so, d10 = pick("source_only"), pick("dial", 10.0)
+  r_so = np.mean([np.corrcoef(r["test_scores"], targets[:, 1])[0, 1] for r in so])
+  assert f"| source-only | 3 | +0.320 | {r_so:+.3f} |" in text
+  d = grid_summary.delta_interval(so, d10, truth, metric=length.length_pearson, targets=targets, num_samples=200)
+  r_tl = np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]
+  assert r_tl > 0.8 and d["delta"] > 0   # DIAL λ 10's rewards track the truth better (0.52 vs 0.32), so length too
+  assert (f"| DIAL − source-only, λ=10 | +0.200 [" in text
+          and f"| {d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; seeds too [{d['lo_seeds']:+.3f}, "
+              f"{d['hi_seeds']:+.3f}] | {r_tl * d['delta']:+.3f} |" in text)
+  assert "- `gemma-3-270m`: 2 of 2 cells." in text    # λ 1 lowers both (−0.01), λ 10 raises both
+  assert "Pearson of the margin with the length difference" not in text   # the few-shot file is absent: no cell
+  foreign = tmp_path / "mine.md"
+  foreign.write_text("my notes\n")
+  proc = subprocess.run([sys.executable, "-m", "dial_jax.experiments.length", "--presets=quick",
+                         f"--results={exp.results}", f"--out={foreign}"], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parents[1])
+  assert proc.returncode != 0 and "is not a page this tool wrote; pass --overwrite" in proc.stderr
+  assert foreign.read_text() == "my notes\n"
