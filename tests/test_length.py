@@ -39,6 +39,14 @@ def test_partial_pearson_and_the_length_term_split_the_pearson_with_the_truth():
              + partial * np.sqrt((1 - r_rl ** 2) * (1 - r_tl ** 2)) - r_rt) < 1e-9
   assert abs(length.length_pearson(3 * lengths + 1, targets) - 1) < 1e-12
   assert abs(length.partial_pearson(3 * lengths + 1, targets)) < 1e-6
+  # Given the truth: a reward built from the truth alone has no length left (its r_rl is r_tl times its Pearson
+  # with the truth, so its length term is r_tl² of any ΔPearson); adding length makes the partial positive.
+  from_truth = 2 * truth + 1
+  assert abs(length.length_given_truth(from_truth, targets)) < 1e-6
+  assert abs(length.length_pearson(from_truth, targets) - r_tl) < 1e-12
+  assert length.length_given_truth(truth + 0.01 * lengths, targets) > 0.5
+  r_lt = (r_rl - r_rt * r_tl) / np.sqrt((1 - r_rt ** 2) * (1 - r_tl ** 2))
+  assert abs(length.length_given_truth(reward, targets) - r_lt) < 1e-9
 
 
 def test_lengths_are_those_of_the_texts_the_runner_scored(tmp_path):
@@ -91,6 +99,7 @@ def test_page_shows_each_method_and_paired_comparisons_and_refuses_a_foreign_fil
   so, d10 = pick("source_only"), pick("dial", 10.0)
   r_so = np.mean([np.corrcoef(r["test_scores"], targets[:, 1])[0, 1] for r in so])
   assert f"| source-only | 3 | +0.320 | {r_so:+.3f} |" in text
+  assert "a length term of r_tl² = " in text
   d = grid_summary.delta_interval(so, d10, truth, metric=length.length_pearson, targets=targets, num_samples=200)
   r_tl = np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]
   assert r_tl > 0.8 and d["delta"] > 0   # DIAL λ 10's rewards track the truth better (0.52 vs 0.32), so length too

@@ -1,9 +1,11 @@
 r"""What the target_test scores of a grid's runs track besides the truth: the length of the texts. For scored
-settings (simple-to-complex) per run the Pearson of the reward with the essay's length in words (r_rl) and the
-partial Pearson of the reward with the true score given length; since Pearson(reward, truth) = r_tl · r_rl +
-partial · √((1 − r_rl²)(1 − r_tl²)) with r_tl = Pearson(truth, length) fixed by the data, r_tl · Δr_rl is the
-*length term* of a method's ΔPearson. For pair settings the Pearson of the margin with the chosen − rejected length
-difference. Differences between methods are paired by seed with the report's bootstrap
+settings (simple-to-complex) per run the Pearson of the reward with the essay's length in words (r_rl), the partial
+Pearson of the reward with the true score given length, and the partial Pearson with length given the true score
+(a length bias beyond the truth). Since Pearson(reward, truth) = r_tl · r_rl + partial · √((1 − r_rl²)(1 − r_tl²))
+with r_tl = Pearson(truth, length) fixed by the data, r_tl · Δr_rl is the *length term* of a method's ΔPearson; a
+reward that sees length only through the truth (r_rl = r_tl · Pearson(reward, truth)) has a length term of r_tl²
+of its ΔPearson, the baseline to read the term against. For pair settings the Pearson of the margin with the chosen
+− rejected length difference. Differences between methods are paired by seed with the report's bootstrap
 (``grid_summary.delta_interval``). Reads only the results file and the data files.
 
   python -m dial_jax.experiments.length --out=experiments/length/REPORT.md
@@ -51,14 +53,26 @@ def _residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
   return y - x * (float(x @ y) / xx) if xx > 0 else y
 
 
-def partial_pearson(scores, targets) -> float:
-  """Pearson of the scores with the true score once the length's linear part is removed from both; 0 when the
-  scores are (to rounding) a linear function of length, where nothing is left to correlate."""
-  t = np.asarray(targets)
-  rest = _residual(scores, t[:, 1])
+def _partial(scores, y: np.ndarray, z: np.ndarray) -> float:
+  """Pearson of the scores with y once z's linear part is removed from both; 0 when the scores are (to rounding) a
+  linear function of z, where nothing is left to correlate."""
+  rest = _residual(scores, z)
   if np.linalg.norm(rest) <= 1e-9 * np.linalg.norm(np.asarray(scores, np.float64) - np.mean(scores)):
     return 0.0
-  return selection.pearson_with(rest, _residual(t[:, 0], t[:, 1]))
+  return selection.pearson_with(rest, _residual(y, z))
+
+
+def partial_pearson(scores, targets) -> float:
+  """The scores' partial Pearson with the true score given length: ranking among essays of similar length."""
+  t = np.asarray(targets)
+  return _partial(scores, t[:, 0], t[:, 1])
+
+
+def length_given_truth(scores, targets) -> float:
+  """The scores' partial Pearson with length given the true score: a length bias beyond what the truth explains
+  (0 for a reward that sees length only through the truth)."""
+  t = np.asarray(targets)
+  return _partial(scores, t[:, 1], t[:, 0])
 
 
 def _usable(runs: list[dict], targets: np.ndarray) -> list[dict]:
@@ -71,7 +85,8 @@ def method_stats(runs: list[dict], targets: np.ndarray) -> dict:
   per = lambda fn: float(np.mean([fn(row_format.scores_of(r), targets) for r in runs])) if runs else float("nan")
   scored = np.isfinite(targets[0, 0])
   return {"n": len(runs), "metric": grid_summary.mean_of(runs, grid_summary.target_metric),
-          "length": per(length_pearson), "partial": per(partial_pearson) if scored else None}
+          "length": per(length_pearson), "partial": per(partial_pearson) if scored else None,
+          "bias": per(length_given_truth) if scored else None}
 
 
 def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples: int) -> dict | None:
@@ -86,6 +101,7 @@ def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples
   out = {"metric": metric, "length": delta(metric=length_pearson, targets=targets)}
   if scored:
     out["partial"] = delta(metric=partial_pearson, targets=targets)
+    out["bias"] = delta(metric=length_given_truth, targets=targets)
     out["length_term"] = float(np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]) * out["length"]["delta"]
   return out
 
@@ -144,25 +160,28 @@ def cell_lines(c: dict) -> list[str]:
   title = grid_summary.TITLES[c["setting"]]
   lines = [f"### {c['grid']}: {title}", ""]
   if scored:
-    lines += [f"Pearson(true score, length) = {c['r_tl']:+.3f} on these essays.", ""]
+    lines += [f"Pearson(true score, length) r_tl = {c['r_tl']:+.3f} on these essays, so a reward that sees length "
+              f"only through the truth has a length term of r_tl² = {c['r_tl'] ** 2:.2f} of its ΔPearson.", ""]
   head = ["method", "runs", "Pearson with the truth" if scored else "accuracy",
           "Pearson with length" if scored else "Pearson of the margin with the length difference"]
-  head += ["partial Pearson with the truth given length"] if scored else []
+  if scored:
+    head += ["partial Pearson with the truth given length", "partial Pearson with length given the truth"]
   lines += intervals._table_head(head)
   for name, m in c["methods"]:
     row = [name, str(m["n"]), f"{m['metric']:+.3f}" if scored else f"{m['metric']:.3f}", f"{m['length']:+.3f}"]
-    row += [f"{m['partial']:+.3f}"] if scored else []
+    row += [f"{m['partial']:+.3f}", f"{m['bias']:+.3f}"] if scored else []
     lines.append("| " + " | ".join(row) + " |")
   lines.append("")
   head = ["comparison", "Δ metric", "Δ Pearson with length"]
-  head += ["length term r_tl · Δ", "Δ partial"] if scored else []
+  if scored:
+    head += ["length term r_tl · Δ", "Δ partial given length", "Δ partial with length given the truth"]
   lines += intervals._table_head(head)
   for comp in c["comparisons"]:
     d = comp["d"]
     if d is None:
       continue
     row = [comp["name"], _interval(d["metric"]), _interval(d["length"])]
-    row += [f"{d['length_term']:+.3f}", _interval(d["partial"])] if scored else []
+    row += [f"{d['length_term']:+.3f}", _interval(d["partial"]), _interval(d["bias"])] if scored else []
     lines.append("| " + " | ".join(row) + " |")
   return lines + [""]
 
@@ -173,10 +192,12 @@ def render(grids: list[ml_collections.ConfigDict], *,
            "Generated by `python -m dial_jax.experiments.length` from the results file and the data files (design "
            "and predictions: [NOTES.md](NOTES.md)). Length is in words (whitespace-separated) of the whole text; the "
            "model sees only its first or last `max_length` tokens. Scored settings: Pearson of each run's rewards "
-           "with the essays' length, and the partial Pearson with the true score given length; the length term "
-           "r_tl · Δ is the part of ΔPearson that the change in the length correlation accounts for (r_tl = "
-           "Pearson(truth, length)). Pair settings: Pearson of each pair's margin with the chosen − rejected length "
-           "difference. Method columns are means over runs; comparisons are paired by seed, examples resampled, "
+           "with the essays' length, the partial Pearson with the true score given length (ranking among essays of "
+           "similar length) and the partial Pearson with length given the true score (a length bias beyond the "
+           "truth); the length term r_tl · Δ is the part of ΔPearson that the change in the length correlation "
+           "accounts for (r_tl = Pearson(truth, length)); a reward that sees length only through the truth has a "
+           "length term of r_tl² of its ΔPearson. Pair settings: Pearson of each pair's margin with the chosen − "
+           "rejected length difference. Method columns are means over runs; comparisons are paired by seed, examples resampled, "
            f"with the seeds resampled too as the stricter reading ({num_samples} draws, seed "
            f"{grid_summary.BOOTSTRAP_SEED}). `control` is the shuffled-domains control (`{intervals.CONTROL}`).",
            ""]
