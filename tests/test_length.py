@@ -108,6 +108,19 @@ def test_page_shows_each_method_and_paired_comparisons_and_refuses_a_foreign_fil
               f"{d['hi_seeds']:+.3f}] | {r_tl * d['delta']:+.3f} |" in text)
   assert "- `gemma-3-270m`: 2 of 2 cells." in text    # λ 1 lowers both (−0.01), λ 10 raises both
   assert "Pearson of the margin with the length difference" not in text   # the few-shot file is absent: no cell
+  # A pair setting: the length-alone baseline counts the pairs whose chosen response is longer (ties half). The
+  # file has 30 pairs (the grid's limit) and the rows' scores 200: every few-shot run is left out, and said so.
+  pairs = Path(exp.data_dir) / "few_shot" / "target_test.jsonl"
+  pairs.parent.mkdir(parents=True)
+  pairs.write_text("".join(json.dumps({"id": f"p{i:03d}", "prompt": "q", "response_chosen": "a " * (1 + i % 4),
+                                       "response_rejected": "b b"}) + "\n" for i in range(N_ESSAYS)))
+  text = length.render([exp], num_samples=20).split("few-shot-to-full")[1].split("### ")[0]
+  longer = length.target_test_targets(exp, "few_shot")[:, 1]
+  assert f"is right on {np.mean((longer > 0) + 0.5 * (longer == 0)):.3f} of these {N_ESSAYS} pairs" in text
+  n_few_shot = sum(r["setting"] == "few_shot" and r["mode"] in ("source_only", "dial", "oracle") and not r["variant"]
+                   for r in rows)   # the methods on the page; the authors'-critic variant is not one
+  assert f"{n_few_shot} run(s) left out: their test scores do not reproduce" in text
+  assert "| source-only |" not in text and "| DIAL − source-only" not in text
   foreign = tmp_path / "mine.md"
   foreign.write_text("my notes\n")
   proc = subprocess.run([sys.executable, "-m", "dial_jax.experiments.length", "--presets=quick",

@@ -76,7 +76,10 @@ def length_given_truth(scores, targets) -> float:
 
 
 def _usable(runs: list[dict], targets: np.ndarray) -> list[dict]:
-  return [r for r in runs if grid_summary.scores_ok(r, targets[:, 0] if np.isfinite(targets[0, 0]) else None)]
+  """The runs whose test scores reproduce their recorded metric and cover these examples (a data file changed
+  since a run leaves it out)."""
+  truth = targets[:, 0] if np.isfinite(targets[0, 0]) else None
+  return [r for r in runs if grid_summary.scores_ok(r, truth) and len(row_format.scores_of(r)) == len(targets)]
 
 
 def method_stats(runs: list[dict], targets: np.ndarray) -> dict:
@@ -94,6 +97,7 @@ def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples
   ``grid_summary.delta_interval``'s intervals. None when no seed pairs up."""
   scored = np.isfinite(targets[0, 0])
   truth = targets[:, 0] if scored else None
+  a, b = _usable(a, targets), _usable(b, targets)
   delta = lambda **kw: grid_summary.delta_interval(a, b, truth, num_samples=num_samples, **kw)
   metric = delta()
   if metric is None:
@@ -126,7 +130,11 @@ def setting_cells(exp: ml_collections.ConfigDict, summary: dict, *, num_samples:
     cells.append({
         "grid": intervals.grid_name(exp), "model": exp.model, "setting": setting, "metric": s["metric"],
         "r_tl": float(np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]) if s["metric"] == "pearson" else None,
-        "methods": [(name, method_stats(runs, targets)) for name, runs in methods if runs],
+        "longer": selection.accuracy_of_margins(targets[:, 1]) if s["metric"] == "accuracy" else None,
+        "n": len(targets),
+        "left_out": sum(len(runs) - len(_usable(runs, targets)) for _, runs in methods),
+        "methods": [(name, m) for name, m in ((name, method_stats(runs, targets)) for name, runs in methods)
+                    if m["n"]],
         "comparisons": [{"name": name, "kind": kind, "lambda": lam,
                          "d": comparison(a, b, targets, num_samples=num_samples)}
                         for name, kind, lam, a, b in comparisons]})
@@ -161,7 +169,16 @@ def cell_lines(c: dict) -> list[str]:
   lines = [f"### {c['grid']}: {title}", ""]
   if scored:
     lines += [f"Pearson(true score, length) r_tl = {c['r_tl']:+.3f} on these essays, so a reward that sees length "
-              f"only through the truth has a length term of r_tl² = {c['r_tl'] ** 2:.2f} of its ΔPearson.", ""]
+              f"only through the truth has a length term of r_tl² = {c['r_tl'] ** 2:.2f} of its ΔPearson. Length "
+              f"alone, no model, has a Pearson of {c['r_tl']:+.3f} with the truth.", ""]
+  else:
+    lines += [f"Length alone, no model: preferring the longer response (a tie counts half) is right on "
+              f"{c['longer']:.3f} of these {c['n']} pairs.", ""]
+  if c["left_out"]:
+    lines += [f"{c['left_out']} run(s) left out: their test scores do not reproduce their metric or do not cover "
+              f"these {c['n']} examples (the data file changed since?).", ""]
+  if not c["methods"]:
+    return lines
   head = ["method", "runs", "Pearson with the truth" if scored else "accuracy",
           "Pearson with length" if scored else "Pearson of the margin with the length difference"]
   if scored:
@@ -172,14 +189,15 @@ def cell_lines(c: dict) -> list[str]:
     row += [f"{m['partial']:+.3f}", f"{m['bias']:+.3f}"] if scored else []
     lines.append("| " + " | ".join(row) + " |")
   lines.append("")
+  comparisons = [comp for comp in c["comparisons"] if comp["d"] is not None]
+  if not comparisons:
+    return lines
   head = ["comparison", "Δ metric", "Δ Pearson with length"]
   if scored:
     head += ["length term r_tl · Δ", "Δ partial given length", "Δ partial with length given the truth"]
   lines += intervals._table_head(head)
-  for comp in c["comparisons"]:
+  for comp in comparisons:
     d = comp["d"]
-    if d is None:
-      continue
     row = [comp["name"], _interval(d["metric"]), _interval(d["length"])]
     row += [f"{d['length_term']:+.3f}", _interval(d["partial"]), _interval(d["bias"])] if scored else []
     lines.append("| " + " | ".join(row) + " |")
@@ -197,8 +215,8 @@ def render(grids: list[ml_collections.ConfigDict], *,
            "truth); the length term r_tl · Δ is the part of ΔPearson that the change in the length correlation "
            "accounts for (r_tl = Pearson(truth, length)); a reward that sees length only through the truth has a "
            "length term of r_tl² of its ΔPearson. Pair settings: Pearson of each pair's margin with the chosen − "
-           "rejected length difference. Method columns are means over runs; comparisons are paired by seed, examples resampled, "
-           f"with the seeds resampled too as the stricter reading ({num_samples} draws, seed "
+           "rejected length difference. Method columns are means over runs; comparisons are paired by seed, "
+           f"examples resampled, with the seeds resampled too as the stricter reading ({num_samples} draws, seed "
            f"{grid_summary.BOOTSTRAP_SEED}). `control` is the shuffled-domains control (`{intervals.CONTROL}`).",
            ""]
   cells = []
