@@ -85,7 +85,9 @@ def heldout_gap(embeddings: dict[str, np.ndarray]) -> dict | None:
 def evaluate_domain(scorer: Scorer, domain, *, progress: bool = False, desc: str = "eval",
                     keep_scores: bool = False, keep_embeddings: bool = False) -> dict[str, float]:
   """Pairwise accuracy (pairs) or Pearson/Spearman with the human score (scored texts) of one split, each with a
-  95 % interval (Wilson for accuracy, Fisher z for correlations) and its chance level. Non-finite rewards are
+  95 % interval (Wilson for accuracy, Fisher z for correlations) and its chance level; where the split knows its
+  texts' lengths (``load_domain``), ``metrics.length_check``'s fields too (the reward against length, and what
+  length alone does). Non-finite rewards are
   counted and reported (``nonfinite_rewards``) and the metric is then None, never silently scored as wrong.
   ``keep_scores`` adds the per-example ``margins`` (chosen - rejected) or ``rewards`` (for paired bootstraps);
   ``keep_embeddings`` the ``embeddings`` of every text (``texts_of`` order), from the same forward pass."""
@@ -107,6 +109,8 @@ def _metrics_of(domain, rewards: np.ndarray, keep_scores: bool) -> dict:
     acc = metrics.pairwise_accuracy(chosen, rejected)
     out = {"accuracy": acc, "accuracy_ci95": list(metrics.wilson_interval(acc, n)), "chance": 0.5,
            "margin": float(np.mean(chosen - rejected)), "n": n}
+    if domain.lengths is not None:
+      out.update(metrics.length_check("pairs", domain.lengths, chosen - rejected))
     if keep_scores:
       out["margins"] = (chosen - rejected).tolist()
     return out
@@ -117,6 +121,8 @@ def _metrics_of(domain, rewards: np.ndarray, keep_scores: bool) -> dict:
   pearson, spearman = metrics.pearson(rewards, domain.scores), metrics.spearman(rewards, domain.scores)
   out = {"pearson": pearson, "pearson_ci95": list(metrics.fisher_interval(pearson, n)), "spearman": spearman,
          "spearman_ci95": list(metrics.fisher_interval(spearman, n)), "chance": 0.0, "n": n}
+  if domain.lengths is not None:
+    out.update(metrics.length_check("scored", domain.lengths, rewards, domain.scores))
   if keep_scores:
     out["rewards"] = rewards.tolist()
   return out

@@ -23,6 +23,35 @@ def pearson(x, y) -> float:
   return float((x * y).sum() / denom) if denom > 0 else 0.0
 
 
+def partial_pearson(x, y, z) -> float:
+  """Pearson of x with y once z's least-squares line is removed from both (e.g. a reward with the human score given
+  the text's length); 0 when x is, to rounding, a linear function of z."""
+  x, y, z = (np.asarray(a, np.float64) for a in (x, y, z))
+  z = z - z.mean()
+  zz = float(z @ z)
+  rest = lambda a: (a - a.mean()) - (z * (float(z @ (a - a.mean())) / zz) if zz > 0 else 0.0)
+  rx = rest(x)
+  if np.linalg.norm(rx) <= 1e-9 * np.linalg.norm(x - x.mean()):
+    return 0.0
+  return pearson(rx, rest(y))
+
+
+def length_check(kind: str, lengths: np.ndarray, scores: np.ndarray, truth: np.ndarray | None = None) -> dict:
+  """How a reward relates to the texts' length, beside what length alone does. Pairs (``lengths`` [n, 2]: chosen,
+  rejected response; ``scores``: margins): ``longer_accuracy``, how often preferring the longer response is right
+  (ties half), and ``margin_length_pearson``, the margins' Pearson with the length difference. Scored texts
+  (``lengths`` [n], ``scores``: rewards, ``truth``: human scores): ``length_pearson`` (length alone against the
+  score), ``reward_length_pearson`` and ``pearson_given_length`` (the reward's partial Pearson with the score given
+  length: ranking among texts of similar length)."""
+  lengths = np.asarray(lengths, np.float64)
+  if kind == "pairs":
+    diff = lengths[:, 0] - lengths[:, 1]
+    return {"longer_accuracy": pairwise_accuracy(lengths[:, 0], lengths[:, 1]),
+            "margin_length_pearson": pearson(scores, diff)}
+  return {"length_pearson": pearson(lengths, truth), "reward_length_pearson": pearson(scores, lengths),
+          "pearson_given_length": partial_pearson(scores, truth, lengths)}
+
+
 def rankdata(x) -> np.ndarray:
   """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata)."""
   x = np.asarray(x)

@@ -65,6 +65,31 @@ def test_evaluate_domain_scored_correlates_with_the_score():
   assert rev["pearson"] != pytest.approx(out["pearson"], abs=1e-3)
 
 
+def test_evaluate_domain_checks_the_reward_against_length():
+  """With the texts' lengths (load_domain sets them) the evaluation adds what length alone does and how the reward
+  relates to length: pairs, the longer response is chosen in 2 of 4 (one tie: 2.5 / 4) and the margins (3, -3, 0, 9)
+  against the length differences (2, -1, 0, 4); essays, the partial Pearson given length from residuals."""
+  chosen, rejected = [[5, 0], [1], [3, 3], [9]], [[2], [4, 4], [3], [0, 1]]
+  lengths = np.array([[12, 10], [3, 4], [7, 7], [20, 16]])
+  out = evaluate_domain(FakeScorer(), pipeline.Domain("d", "pairs", chosen=chosen, rejected=rejected, lengths=lengths))
+  assert out["longer_accuracy"] == 2.5 / 4
+  assert out["margin_length_pearson"] == pytest.approx(stats.pearsonr([3, -3, 0, 9], [2, -1, 0, 4]).statistic,
+                                                       abs=1e-12)
+  texts = [[4], [1], [7], [2], [2], [9]]
+  scores = np.float32([3, 1, 2, 2, 5, 4])
+  words = np.array([300, 120, 260, 200, 410, 380])
+  out = evaluate_domain(FakeScorer(), pipeline.Domain("d", "scored", texts=texts, scores=scores, lengths=words))
+  rewards = np.float64([4, 1, 7, 2, 2, 9])
+  residual = lambda a: a - np.polyval(np.polyfit(words, a, 1), words)
+  assert out["length_pearson"] == pytest.approx(stats.pearsonr(words, scores).statistic, abs=1e-12)
+  assert out["reward_length_pearson"] == pytest.approx(stats.pearsonr(rewards, words).statistic, abs=1e-12)
+  assert out["pearson_given_length"] == pytest.approx(
+      stats.pearsonr(residual(rewards), residual(scores.astype(np.float64))).statistic, abs=1e-9)
+  # Without lengths (a Domain built by hand) the fields are absent, not made up.
+  assert "longer_accuracy" not in evaluate_domain(FakeScorer(), pipeline.Domain("d", "pairs", chosen=chosen,
+                                                                                rejected=rejected))
+
+
 class _NoBosTokenizer:
   """The tokenizer interface tokenize.encode uses, for a tokenizer without special tokens."""
   bos_token_id = None
@@ -164,6 +189,12 @@ def test_evaluate_cli_end_to_end(model_dir, tmp_path):
   assert got["accuracy"] == np.mean(chosen > rejected)
   assert got["margin"] == pytest.approx(np.mean(chosen - rejected), abs=1e-4)
   assert 0 < got["accuracy"] < 1  # a random model: both outcomes occur, so a chosen/rejected swap shows
+  # The length check counts the responses' words (not tokens, so not truncated at max_length).
+  n_chosen = np.array([len(r["response_chosen"].split()) for r in pairs])
+  n_rejected = np.array([len(r["response_rejected"].split()) for r in pairs])
+  assert got["longer_accuracy"] == np.mean((n_chosen > n_rejected) + 0.5 * (n_chosen == n_rejected))
+  assert got["margin_length_pearson"] == pytest.approx(
+      stats.pearsonr(chosen - rejected, n_chosen - n_rejected).statistic, abs=1e-3)
 
   got = _run_cli(path, tmp_path / "scored.jsonl", "--limit=6")
   # --limit keeps a seeded subset (pipeline.subset_indices, by group where rows have one)
@@ -174,6 +205,9 @@ def test_evaluate_cli_end_to_end(model_dir, tmp_path):
   assert got["n"] == 6
   assert got["pearson"] == pytest.approx(stats.pearsonr(rewards, scores).statistic, abs=1e-4)
   assert got["spearman"] == pytest.approx(stats.spearmanr(rewards, scores).statistic, abs=1e-4)
+  n_words = [len(essays[i]["text"].split()) for i in keep]
+  assert got["length_pearson"] == pytest.approx(stats.pearsonr(n_words, scores).statistic, abs=1e-9)
+  assert got["reward_length_pearson"] == pytest.approx(stats.pearsonr(rewards, n_words).statistic, abs=1e-3)
 
 
 def test_evaluate_limit_help_matches_what_it_keeps(tmp_path):

@@ -28,6 +28,7 @@ class Domain:
   rejected: list[list[int]] = dataclasses.field(default_factory=list)
   texts: list[list[int]] = dataclasses.field(default_factory=list)
   scores: np.ndarray | None = None
+  lengths: np.ndarray | None = None           # words of each response ([n, 2]: chosen, rejected) or text ([n])
   n_skipped: int = 0
 
   def __len__(self) -> int:
@@ -103,11 +104,14 @@ def load_domain(path: str | Path, tokenizer, max_length: int, *, skip_bad_rows: 
     domain.rejected = tokenize.encode(
         tokenizer, [tokenize.join(p, r) for p, r in zip(ds["prompt"], ds["response_rejected"])], max_length,
         truncation)
+    domain.lengths = np.asarray([(tokenize.words(c), tokenize.words(r))
+                                 for c, r in zip(ds["response_chosen"], ds["response_rejected"])], np.int64)
   else:
     prompts = ds["prompt"] if "prompt" in ds.column_names else [None] * len(ds)
     domain.texts = tokenize.encode(tokenizer, [tokenize.join(p or "", t) for p, t in zip(prompts, ds["text"])],
                                    max_length, truncation)
     domain.scores = np.asarray(ds["score"], np.float32)
+    domain.lengths = np.asarray([tokenize.words(t) for t in ds["text"]], np.int64)
   return domain
 
 

@@ -14,6 +14,12 @@ def join(prompt: str, response: str) -> str:
   return prompt + sep + response
 
 
+def words(text: str) -> int:
+  """A text's length in whitespace-separated words: the length the evaluation's length check reads (independent of
+  the tokenizer and of truncation)."""
+  return len(text.split())
+
+
 def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "end") -> list[list[int]]:
   """Token ids per text (with the tokenizer's special tokens, e.g. Gemma's <bos>).
 

@@ -18,14 +18,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dial_jax import metrics
+from dial_jax.data import tokenize
 from dial_jax.experiments import grid_summary, intervals, runner, selection
 from dial_jax.experiments import rows as row_format
 
 TITLE = "# What the rewards track besides the truth: the texts' length"
-
-
-def words(text: str) -> int:
-  return len(text.split())
 
 
 def target_test_targets(exp: ml_collections.ConfigDict, setting: str) -> np.ndarray | None:
@@ -36,9 +34,9 @@ def target_test_targets(exp: ml_collections.ConfigDict, setting: str) -> np.ndar
     return None
   kind, rows = found
   if kind == "scored":
-    return np.asarray([(r["score"], words(r["text"])) for r in rows], np.float64)
-  return np.asarray([(np.nan, words(r["response_chosen"]) - words(r["response_rejected"])) for r in rows],
-                    np.float64)
+    return np.asarray([(r["score"], tokenize.words(r["text"])) for r in rows], np.float64)
+  diff = [tokenize.words(r["response_chosen"]) - tokenize.words(r["response_rejected"]) for r in rows]
+  return np.asarray([(np.nan, d) for d in diff], np.float64)
 
 
 def length_pearson(scores, targets) -> float:
@@ -46,33 +44,17 @@ def length_pearson(scores, targets) -> float:
   return selection.pearson_with(scores, np.asarray(targets)[:, 1])
 
 
-def _residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-  """y minus its least-squares line on x."""
-  x, y = x - x.mean(), np.asarray(y, np.float64) - np.mean(y)
-  xx = float(x @ x)
-  return y - x * (float(x @ y) / xx) if xx > 0 else y
-
-
-def _partial(scores, y: np.ndarray, z: np.ndarray) -> float:
-  """Pearson of the scores with y once z's linear part is removed from both; 0 when the scores are (to rounding) a
-  linear function of z, where nothing is left to correlate."""
-  rest = _residual(scores, z)
-  if np.linalg.norm(rest) <= 1e-9 * np.linalg.norm(np.asarray(scores, np.float64) - np.mean(scores)):
-    return 0.0
-  return selection.pearson_with(rest, _residual(y, z))
-
-
 def partial_pearson(scores, targets) -> float:
   """The scores' partial Pearson with the true score given length: ranking among essays of similar length."""
   t = np.asarray(targets)
-  return _partial(scores, t[:, 0], t[:, 1])
+  return metrics.partial_pearson(scores, t[:, 0], t[:, 1])
 
 
 def length_given_truth(scores, targets) -> float:
   """The scores' partial Pearson with length given the true score: a length bias beyond what the truth explains
   (0 for a reward that sees length only through the truth)."""
   t = np.asarray(targets)
-  return _partial(scores, t[:, 1], t[:, 0])
+  return metrics.partial_pearson(scores, t[:, 1], t[:, 0])
 
 
 def _usable(runs: list[dict], targets: np.ndarray) -> list[dict]:
