@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dial_jax.data import pipeline
 from dial_jax.experiments import grid_summary, length, runner
-from tests.test_report import N_ESSAYS, _exp, make_rows
+from tests.test_report import N_ESSAYS, N_PAIRS, _exp, make_rows
 
 
 class WordTokenizer:
@@ -128,3 +129,51 @@ def test_page_shows_each_method_and_paired_comparisons_and_refuses_a_foreign_fil
                         cwd=Path(__file__).resolve().parents[1])
   assert proc.returncode != 0 and "is not a page this tool wrote; pass --overwrite" in proc.stderr
   assert foreign.read_text() == "my notes\n"
+
+
+def test_pair_settings_split_the_accuracy_by_which_response_is_longer(grid_for_pairs):
+  """Accuracy on chosen-longer and chosen-shorter pairs per method, and each comparison's Δ on both subsets with the
+  report's paired bootstrap (the subset read from each resample)."""
+  exp, summary, rows = grid_for_pairs
+  cell = next(c for c in length.setting_cells(exp, summary, num_samples=100) if c["setting"] == "few_shot")
+  targets = length.target_test_targets(exp, "few_shot")
+  longer, shorter = targets[:, 1] > 0, targets[:, 1] < 0
+  assert (cell["n_longer"], cell["n_shorter"]) == (longer.sum(), shorter.sum()) and longer.any() and shorter.any()
+  so = [r for r in rows if r["setting"] == "few_shot" and r["mode"] == "source_only"]
+  acc = lambda m, keep: np.mean((np.asarray(m)[keep] > 0) + 0.5 * (np.asarray(m)[keep] == 0))
+  stats = dict(cell["methods"])["source-only"]
+  assert stats["longer"] == pytest.approx(np.mean([acc(r["test_scores"], longer) for r in so]), abs=1e-12)
+  assert stats["shorter"] == pytest.approx(np.mean([acc(r["test_scores"], shorter) for r in so]), abs=1e-12)
+  d10 = [r for r in rows if r["setting"] == "few_shot" and r["mode"] == "dial" and r["lambda"] == 10.0
+         and not r["variant"]]
+  comp = next(c for c in cell["comparisons"] if c["name"] == "DIAL − source-only, λ=10")["d"]
+  want = grid_summary.delta_interval(so, d10, None, metric=length.accuracy_chosen_shorter, targets=targets,
+                                     num_samples=100)
+  assert comp["shorter"] == want
+  assert comp["shorter"]["delta"] == pytest.approx(
+      np.mean([acc(b["test_scores"], shorter) - acc(a["test_scores"], shorter) for a, b in zip(so, d10)]))
+  lines = "\n".join(length.cell_lines(cell))
+  assert f"accuracy, chosen longer ({longer.sum()})" in lines and "Δ accuracy, chosen shorter" in lines
+
+
+@pytest.fixture
+def grid_for_pairs(tmp_path):
+  """The synthetic grid of test_report with a few-shot target_test file of its 200 pairs (lengths drawn at random),
+  read without the grid's limit (the rows' margins cover all 200)."""
+  import copy
+  exp = _exp(tmp_path)
+  rng = np.random.default_rng(2)
+  path = Path(exp.data_dir) / "few_shot" / "target_test.jsonl"
+  path.parent.mkdir(parents=True)
+  path.write_text("".join(json.dumps({"id": f"p{i:03d}", "prompt": "q",
+                                      "response_chosen": "a " * int(rng.integers(1, 9)),
+                                      "response_rejected": "b " * int(rng.integers(1, 9))}) + "\n"
+                          for i in range(N_PAIRS)))
+  rows = [r for r in make_rows(exp, np.arange(N_ESSAYS, dtype=float)) if r["setting"] == "few_shot"]
+  for r in rows:
+    runner.append_result(exp.results, r)
+  summary = grid_summary.summarize_grid(exp, grid_summary.grid_rows(exp, runner.read_results(exp.results)),
+                                        num_samples=20)
+  whole = copy.deepcopy(exp)
+  whole.limits.target_test = 0
+  return whole, summary, rows

@@ -5,8 +5,9 @@ Pearson of the reward with the true score given length, and the partial Pearson 
 with r_tl = Pearson(truth, length) fixed by the data, r_tl · Δr_rl is the *length term* of a method's ΔPearson; a
 reward that sees length only through the truth (r_rl = r_tl · Pearson(reward, truth)) has a length term of r_tl²
 of its ΔPearson, the baseline to read the term against. For pair settings the Pearson of the margin with the chosen
-− rejected length difference. Differences between methods are paired by seed with the report's bootstrap
-(``grid_summary.delta_interval``). Reads only the results file and the data files.
+− rejected length difference, and the accuracy on the pairs whose chosen response is the longer and the shorter
+one. Differences between methods are paired by seed with the report's bootstrap (``grid_summary.delta_interval``).
+Reads only the results file and the data files.
 
   python -m dial_jax.experiments.length --out=experiments/length/REPORT.md
 """
@@ -57,6 +58,18 @@ def length_given_truth(scores, targets) -> float:
   return metrics.partial_pearson(scores, t[:, 1], t[:, 0])
 
 
+def accuracy_chosen_longer(margins, targets) -> float:
+  """Accuracy on the pairs whose chosen response is the longer one (NaN when there are none)."""
+  keep = np.asarray(targets)[:, 1] > 0
+  return selection.accuracy_of_margins(np.asarray(margins)[keep]) if keep.any() else float("nan")
+
+
+def accuracy_chosen_shorter(margins, targets) -> float:
+  """Accuracy on the pairs whose chosen response is the shorter one (NaN when there are none)."""
+  keep = np.asarray(targets)[:, 1] < 0
+  return selection.accuracy_of_margins(np.asarray(margins)[keep]) if keep.any() else float("nan")
+
+
 def _usable(runs: list[dict], targets: np.ndarray) -> list[dict]:
   """The runs whose test scores reproduce their recorded metric and cover these examples (a data file changed
   since a run leaves it out)."""
@@ -71,7 +84,9 @@ def method_stats(runs: list[dict], targets: np.ndarray) -> dict:
   scored = np.isfinite(targets[0, 0])
   return {"n": len(runs), "metric": grid_summary.mean_of(runs, grid_summary.target_metric),
           "length": per(length_pearson), "partial": per(partial_pearson) if scored else None,
-          "bias": per(length_given_truth) if scored else None}
+          "bias": per(length_given_truth) if scored else None,
+          "longer": None if scored else per(accuracy_chosen_longer),
+          "shorter": None if scored else per(accuracy_chosen_shorter)}
 
 
 def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples: int) -> dict | None:
@@ -89,6 +104,9 @@ def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples
     out["partial"] = delta(metric=partial_pearson, targets=targets)
     out["bias"] = delta(metric=length_given_truth, targets=targets)
     out["length_term"] = float(np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]) * out["length"]["delta"]
+  else:
+    out["longer"] = delta(metric=accuracy_chosen_longer, targets=targets)
+    out["shorter"] = delta(metric=accuracy_chosen_shorter, targets=targets)
   return out
 
 
@@ -113,7 +131,7 @@ def setting_cells(exp: ml_collections.ConfigDict, summary: dict, *, num_samples:
         "grid": intervals.grid_name(exp), "model": exp.model, "setting": setting, "metric": s["metric"],
         "r_tl": float(np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]) if s["metric"] == "pearson" else None,
         "longer": selection.accuracy_of_margins(targets[:, 1]) if s["metric"] == "accuracy" else None,
-        "n": len(targets),
+        "n": len(targets), "n_longer": int((targets[:, 1] > 0).sum()), "n_shorter": int((targets[:, 1] < 0).sum()),
         "left_out": sum(len(runs) - len(_usable(runs, targets)) for _, runs in methods),
         "methods": [(name, m) for name, m in ((name, method_stats(runs, targets)) for name, runs in methods)
                     if m["n"]],
@@ -165,10 +183,12 @@ def cell_lines(c: dict) -> list[str]:
           "Pearson with length" if scored else "Pearson of the margin with the length difference"]
   if scored:
     head += ["partial Pearson with the truth given length", "partial Pearson with length given the truth"]
+  else:
+    head += [f"accuracy, chosen longer ({c['n_longer']})", f"accuracy, chosen shorter ({c['n_shorter']})"]
   lines += intervals._table_head(head)
   for name, m in c["methods"]:
     row = [name, str(m["n"]), f"{m['metric']:+.3f}" if scored else f"{m['metric']:.3f}", f"{m['length']:+.3f}"]
-    row += [f"{m['partial']:+.3f}", f"{m['bias']:+.3f}"] if scored else []
+    row += [f"{m['partial']:+.3f}", f"{m['bias']:+.3f}"] if scored else [f"{m['longer']:.3f}", f"{m['shorter']:.3f}"]
     lines.append("| " + " | ".join(row) + " |")
   lines.append("")
   comparisons = [comp for comp in c["comparisons"] if comp["d"] is not None]
@@ -177,11 +197,14 @@ def cell_lines(c: dict) -> list[str]:
   head = ["comparison", "Δ metric", "Δ Pearson with length"]
   if scored:
     head += ["length term r_tl · Δ", "Δ partial given length", "Δ partial with length given the truth"]
+  else:
+    head += ["Δ accuracy, chosen longer", "Δ accuracy, chosen shorter"]
   lines += intervals._table_head(head)
   for comp in comparisons:
     d = comp["d"]
     row = [comp["name"], _interval(d["metric"]), _interval(d["length"])]
-    row += [f"{d['length_term']:+.3f}", _interval(d["partial"]), _interval(d["bias"])] if scored else []
+    row += ([f"{d['length_term']:+.3f}", _interval(d["partial"]), _interval(d["bias"])] if scored
+            else [_interval(d["longer"]), _interval(d["shorter"])])
     lines.append("| " + " | ".join(row) + " |")
   return lines + [""]
 
@@ -197,7 +220,9 @@ def render(grids: list[ml_collections.ConfigDict], *,
            "truth); the length term r_tl · Δ is the part of ΔPearson that the change in the length correlation "
            "accounts for (r_tl = Pearson(truth, length)); a reward that sees length only through the truth has a "
            "length term of r_tl² of its ΔPearson. Pair settings: Pearson of each pair's margin with the chosen − "
-           "rejected length difference. Method columns are means over runs; comparisons are paired by seed, "
+           "rejected length difference, and the accuracy on the pairs whose chosen response is the longer or the "
+           "shorter one (ties in neither; each Δ reads the resampled pairs of its subset). Method columns are "
+           "means over runs; comparisons are paired by seed, "
            f"examples resampled, with the seeds resampled too as the stricter reading ({num_samples} draws, seed "
            f"{grid_summary.BOOTSTRAP_SEED}). `control` is the shuffled-domains control (`{intervals.CONTROL}`).",
            ""]
