@@ -68,6 +68,13 @@ def test_take_is_a_seeded_ordered_draw_of_pairs_or_scored_texts():
   scored = pipeline.Domain("s", "scored", texts=[[i] for i in range(20)], scores=np.arange(20.0) * 2)
   got = pipeline.take(scored, 5, seed=0)
   np.testing.assert_array_equal(got.scores, [t[0] * 2.0 for t in got.texts])
+  # The texts' lengths (load_domain sets them; the evaluation's length check reads them) follow the draw.
+  pairs.lengths = np.array([[i, 3] for i in range(50)])
+  got = pipeline.take(pairs, 7, seed=3)
+  np.testing.assert_array_equal(got.lengths[:, 0], [c[0] for c in got.chosen])
+  scored.lengths = np.arange(20) + 1000
+  got = pipeline.take(scored, 5, seed=0)
+  np.testing.assert_array_equal(got.lengths, [t[0] + 1000 for t in got.texts])
 
 
 @pytest.fixture(scope="module")

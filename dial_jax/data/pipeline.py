@@ -73,10 +73,11 @@ def take(domain: Domain, limit: int, seed: int) -> Domain:
   if not limit or limit >= len(domain):
     return domain
   idx = subset_indices(range(len(domain)), limit, seed)
+  lengths = None if domain.lengths is None else domain.lengths[idx]
   if domain.kind == "pairs":
     return dataclasses.replace(domain, chosen=[domain.chosen[i] for i in idx],
-                               rejected=[domain.rejected[i] for i in idx])
-  return dataclasses.replace(domain, texts=[domain.texts[i] for i in idx], scores=domain.scores[idx])
+                               rejected=[domain.rejected[i] for i in idx], lengths=lengths)
+  return dataclasses.replace(domain, texts=[domain.texts[i] for i in idx], scores=domain.scores[idx], lengths=lengths)
 
 
 def load_domain(path: str | Path, tokenizer, max_length: int, *, skip_bad_rows: bool = False,
