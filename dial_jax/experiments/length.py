@@ -78,7 +78,8 @@ def _usable(runs: list[dict], targets: np.ndarray) -> list[dict]:
 
 
 def method_stats(runs: list[dict], targets: np.ndarray) -> dict:
-  """Mean over the runs of the target metric, r_rl and (scored) the partial Pearson."""
+  """Mean over the usable runs of the target metric and r_rl; scored texts: both partial Pearsons; pairs: the
+  accuracy on chosen-longer and chosen-shorter pairs."""
   runs = _usable(runs, targets)
   per = lambda fn: float(np.mean([fn(row_format.scores_of(r), targets) for r in runs])) if runs else float("nan")
   scored = np.isfinite(targets[0, 0])
@@ -90,8 +91,9 @@ def method_stats(runs: list[dict], targets: np.ndarray) -> dict:
 
 
 def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples: int) -> dict | None:
-  """b − a paired by seed: the target metric's Δ, Δr_rl and (scored) the length term and Δpartial, each with
-  ``grid_summary.delta_interval``'s intervals. None when no seed pairs up."""
+  """b − a paired by seed: the target metric's Δ and Δr_rl; scored texts: the length term and both partials' Δ;
+  pairs: Δ accuracy on chosen-longer and chosen-shorter pairs; each with ``grid_summary.delta_interval``'s
+  intervals. None when no seed pairs up."""
   scored = np.isfinite(targets[0, 0])
   truth = targets[:, 0] if scored else None
   a, b = _usable(a, targets), _usable(b, targets)
