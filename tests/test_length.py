@@ -177,3 +177,20 @@ def grid_for_pairs(tmp_path):
   whole = copy.deepcopy(exp)
   whole.limits.target_test = 0
   return whole, summary, rows
+
+
+def test_grids_come_from_the_config_file_or_a_one_line_error_naming_the_flag(tmp_path):
+  """The page CLIs share intervals.load_grids: a missing config file or an unknown preset is one line naming the
+  flag, before any grid is read."""
+  from dial_jax.experiments import intervals
+  config_file = str(Path(__file__).resolve().parents[1] / "configs" / "experiments.py")
+  with pytest.raises(ValueError, match=r"^--config_file=.*missing\.py: no such file$"):
+    intervals.load_grids(str(tmp_path / "missing.py"), ["quick"], "presets")
+  with pytest.raises(ValueError, match=r"^--controls: unknown preset 'nope'"):
+    intervals.load_grids(config_file, ["quick", "nope"], "controls")
+  assert [g.preset for g in intervals.load_grids(config_file, ["default", "quick"], "presets")] == ["", "quick"]
+  proc = subprocess.run([sys.executable, "-m", "dial_jax.experiments.length", "--presets=nope",
+                         f"--out={tmp_path / 'page.md'}"], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parents[1])
+  assert proc.returncode != 0 and "--presets: unknown preset 'nope'" in proc.stderr
+  assert not (tmp_path / "page.md").exists()

@@ -35,6 +35,17 @@ def load_grid(config_file: str, preset: str) -> ml_collections.ConfigDict:
   return exp
 
 
+def load_grids(config_file: str, presets, flag: str) -> list[ml_collections.ConfigDict]:
+  """``load_grid`` of each preset a CLI flag names; a missing config file or an unknown preset is a ValueError whose
+  one line names the flag."""
+  if not Path(config_file).is_file():
+    raise ValueError(f"--config_file={config_file}: no such file")
+  try:
+    return [load_grid(config_file, p) for p in presets]
+  except ValueError as e:
+    raise ValueError(f"--{flag}: {e}") from None
+
+
 def grid_name(exp: ml_collections.ConfigDict) -> str:
   return f"`:{exp.preset}`" if exp.preset else "default"
 
@@ -250,20 +261,12 @@ def render(grids: list[ml_collections.ConfigDict], controls: list[ml_collections
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not Path(FLAGS.config_file).is_file():
-    raise app.UsageError(f"--config_file={FLAGS.config_file}: no such file")
   try:
-    grids = [load_grid(FLAGS.config_file, p) for p in FLAGS.presets]
+    grids = load_grids(FLAGS.config_file, FLAGS.presets, "presets")
+    controls = load_grids(FLAGS.config_file, FLAGS.controls, "controls")
+    early_stops = [tuple(load_grids(FLAGS.config_file, pair.split(":"), "early_stop")) for pair in FLAGS.early_stop]
   except ValueError as e:
-    raise app.UsageError(f"--presets: {e}") from None
-  try:
-    controls = [load_grid(FLAGS.config_file, p) for p in FLAGS.controls]
-  except ValueError as e:
-    raise app.UsageError(f"--controls: {e}") from None
-  try:
-    early_stops = [tuple(load_grid(FLAGS.config_file, p) for p in pair.split(":")) for pair in FLAGS.early_stop]
-  except ValueError as e:
-    raise app.UsageError(f"--early_stop: {e}") from None
+    raise app.UsageError(str(e)) from None
   if any(len(pair) != 2 for pair in early_stops):
     raise app.UsageError(f"--early_stop={','.join(FLAGS.early_stop)}: give STOPPED:REFERENCE preset pairs")
   for exp in grids + controls + [e for pair in early_stops for e in pair]:

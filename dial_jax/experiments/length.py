@@ -251,12 +251,10 @@ def render(grids: list[ml_collections.ConfigDict], *,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not Path(FLAGS.config_file).is_file():
-    raise app.UsageError(f"--config_file={FLAGS.config_file}: no such file")
   try:
-    grids = [intervals.load_grid(FLAGS.config_file, p) for p in FLAGS.presets]
+    grids = intervals.load_grids(FLAGS.config_file, FLAGS.presets, "presets")
   except ValueError as e:
-    raise app.UsageError(f"--presets: {e}") from None
+    raise app.UsageError(str(e)) from None
   for exp in grids:
     if FLAGS.results:
       exp.results = FLAGS.results
