@@ -76,3 +76,16 @@ def trained_head_and_probe(config):
   outcome = loop.train(config, model, variables, source, target, {}, mesh=parallel.make_mesh(config.mesh),
                        pad_id=model.config.pad_token_id, writer=writers.MemoryWriter(), progress=False)
   return np.asarray(outcome.variables["params"]["score"]["kernel"])[:, 0], coef
+
+
+def assert_page_cli_keeps_a_foreign_file(module: str, tmp_path: Path, *args: str) -> None:
+  """The page CLI ``python -m module`` refuses (non-zero, a one-line reason) to replace a file it did not write when
+  --overwrite is not given, and leaves that file as it was."""
+  import subprocess
+  import sys
+  foreign = tmp_path / "mine.md"
+  foreign.write_text("my notes\n")
+  proc = subprocess.run([sys.executable, "-m", module, *args, f"--out={foreign}"], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parents[1])
+  assert proc.returncode != 0 and "is not a page this tool wrote; pass --overwrite" in proc.stderr
+  assert foreign.read_text() == "my notes\n"

@@ -10,6 +10,7 @@ import pytest
 
 from dial_jax.data import pipeline
 from dial_jax.experiments import grid_summary, length, runner
+from tests import helpers
 from tests.test_report import N_ESSAYS, N_PAIRS, _exp, make_rows
 
 
@@ -122,13 +123,7 @@ def test_page_shows_each_method_and_paired_comparisons_and_refuses_a_foreign_fil
                    for r in rows)   # the methods on the page; the authors'-critic variant is not one
   assert f"{n_few_shot} run(s) left out: their test scores do not reproduce" in text
   assert "| source-only |" not in text and "| DIAL − source-only" not in text
-  foreign = tmp_path / "mine.md"
-  foreign.write_text("my notes\n")
-  proc = subprocess.run([sys.executable, "-m", "dial_jax.experiments.length", "--presets=quick",
-                         f"--results={exp.results}", f"--out={foreign}"], capture_output=True, text=True,
-                        cwd=Path(__file__).resolve().parents[1])
-  assert proc.returncode != 0 and "is not a page this tool wrote; pass --overwrite" in proc.stderr
-  assert foreign.read_text() == "my notes\n"
+  helpers.assert_page_cli_keeps_a_foreign_file("dial_jax.experiments.length", tmp_path, "--presets=quick", f"--results={exp.results}")
 
 
 def test_pair_settings_split_the_accuracy_by_which_response_is_longer(grid_for_pairs):

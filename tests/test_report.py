@@ -9,6 +9,7 @@ import pytest
 from configs import experiments
 from dial_jax.data import pipeline
 from dial_jax.experiments import figures, grid_summary, report, runner, selection
+from tests import helpers
 
 N_PAIRS, N_ESSAYS, FILE_ESSAYS = 200, 30, 45
 # Per setting: target_test accuracy (few_shot) / Pearson (simple_to_complex) per seed of each method, and the
@@ -430,8 +431,6 @@ def test_balance_curves_count_only_runs_that_kept_their_history():
 def test_intervals_page_covers_every_grid_and_never_overwrites_a_foreign_file(grid, tmp_path):
   """The all-grids page: each grid's section with both intervals (the same as its report's), the default grid under
   its own name, a grid without rows said to have none; the CLI refuses to replace a file it did not write."""
-  import subprocess
-  import sys
   from dial_jax.experiments import intervals
   exp, rows, truth = grid
   exp.preset = ""
@@ -465,13 +464,7 @@ def test_intervals_page_covers_every_grid_and_never_overwrites_a_foreign_file(gr
           "0 in 1 of 1 cells; where it ends at or above it, in 1 of 1. The sign rule (mean Δ above 0 exactly where "
           "drift is below 0) holds in 1 of 2.") in lines
   assert "| g | few-shot-to-full (TL;DR) | -0.100 | +0.100 | +0.200 | none qualifies |" in lines
-  foreign = tmp_path / "mine.md"
-  foreign.write_text("my notes\n")
-  proc = subprocess.run([sys.executable, "-m", "dial_jax.experiments.intervals", "--presets=quick",
-                         f"--results={exp.results}", f"--out={foreign}"], capture_output=True, text=True,
-                        cwd=Path(__file__).resolve().parents[1])
-  assert proc.returncode != 0 and "is not a page this tool wrote; pass --overwrite" in proc.stderr
-  assert foreign.read_text() == "my notes\n"
+  helpers.assert_page_cli_keeps_a_foreign_file("dial_jax.experiments.intervals", tmp_path, "--presets=quick", f"--results={exp.results}")
 
 
 def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
