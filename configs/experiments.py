@@ -12,6 +12,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:smollm_sp_control # lpft_sp_control on SmolLM2-135M
   python -m dial_jax.experiments --config=configs/experiments.py:smollm_fresh      # its plain grid at 5 new seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_fresh     # lpft_sp's plain grid, 5 new seeds
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_control_fresh  # its control at seeds 5-9
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp10         # lpft_sp + lpft_sp_fresh, 10 seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2        # lpft_sp, probe L2 fixed at 1e-3
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2wd      # that, 4 settings, decay 100
@@ -138,6 +139,13 @@ def get_config(arg=None):
     c.settings = ("clean_to_noisy", "simple_to_complex", "cross_lingual", "few_shot")
     c.seeds = (5, 6, 7, 8, 9)
     c.variants, c.variant_seeds = (), ()
+  elif arg == "lpft_sp_control_fresh":  # the shuffled-domains control of lpft_sp_control at lpft_sp_fresh's seeds (5-9;
+    # same fingerprint, so their source-only and DIAL runs are reused) at lambda 10 and 100: do the control's findings
+    # replicate out of sample? (predictions: experiments/lpft_sp_control_fresh/NOTES.md, written before the runs)
+    c = get_config("lpft_sp_fresh")
+    c.settings = ("simple_to_complex", "clean_to_noisy", "few_shot", "cross_lingual")
+    c.variants = tuple(("dial.domain_labels=shuffled", lam) for lam in (10.0, 100.0))
+    c.variant_seeds = c.seeds
   elif arg == "lpft_sp10":  # lpft_sp's plain grid at seeds 0-9: lpft_sp's and lpft_sp_fresh's runs as one grid
     # (same fingerprint, no new run): lambda and the intervals from ten seeds (experiments/lpft_sp10/NOTES.md).
     c = get_config("lpft_sp")
@@ -201,7 +209,7 @@ def get_config(arg=None):
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use '', 'lpft', 'lpft_all', 'lpft_sp', 'lpft_sp_control', "
                      "'lpft_control', 'lpft_all_control', 'smollm_sp_control', 'smollm_fresh', 'lpft_sp_fresh', "
-                     "'lpft_sp10', 'lpft_sp_l2', 'lpft_sp_l2wd', "
+                     "'lpft_sp_control_fresh', 'lpft_sp10', 'lpft_sp_l2', 'lpft_sp_l2wd', "
                      "'lpft_sp_gapcurve', 'lpft_sp_es', 'lpft_sp_es_control', 'lpft_sp2', 'essays512' or 'quick'")
   c.preset = arg or ""  # the report's rerun command names it; not part of the grid fingerprint
   return c
