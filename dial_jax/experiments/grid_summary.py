@@ -8,6 +8,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from dial_jax import metrics
 from dial_jax.data import io as dio
 from dial_jax.data import pipeline
 from dial_jax.experiments import rows as row_format
@@ -94,7 +95,7 @@ def scores_ok(row: dict, truth) -> bool:
   if "accuracy" in row["eval"]["target_test"]:
     return abs(selection.accuracy_of_margins(scores) - target_metric(row)) <= CONSISTENCY_TOL
   return (truth is not None and len(truth) == len(scores)
-          and abs(selection.pearson_with(scores, truth) - target_metric(row)) <= CONSISTENCY_TOL)
+          and abs(metrics.pearson(scores, truth) - target_metric(row)) <= CONSISTENCY_TOL)
 
 
 def delta_interval(source_only: list[dict], dial: list[dict], truth, *, metric=None, targets=None,
@@ -111,7 +112,7 @@ def delta_interval(source_only: list[dict], dial: list[dict], truth, *, metric=N
     return None
   if metric is None:
     pairs = "accuracy" in a[seeds[0]]["eval"]["target_test"]
-    metric, targets = (selection.accuracy_of_margins, None) if pairs else (selection.pearson_with, truth)
+    metric, targets = (selection.accuracy_of_margins, None) if pairs else (metrics.pearson, truth)
   full, draws = selection.per_run_draws([row_format.scores_of(a[s]) for s in seeds],
                                         [row_format.scores_of(b[s]) for s in seeds],
                                         metric, targets, num_samples=num_samples, seed=seed)

@@ -42,7 +42,7 @@ def target_test_targets(exp: ml_collections.ConfigDict, setting: str) -> np.ndar
 
 def length_pearson(scores, targets) -> float:
   """Pearson of the scores (rewards or margins) with the length column of ``target_test_targets``."""
-  return selection.pearson_with(scores, np.asarray(targets)[:, 1])
+  return metrics.pearson(scores, np.asarray(targets)[:, 1])
 
 
 def partial_pearson(scores, targets) -> float:

@@ -175,9 +175,3 @@ def paired_bootstrap(a_scores: Sequence[Sequence[float]], b_scores: Sequence[Seq
 def accuracy_of_margins(margins, _targets=None) -> float:
   margins = np.asarray(margins)
   return float(np.mean((margins > 0) + 0.5 * (margins == 0)))
-
-
-def pearson_with(rewards, targets) -> float:
-  x, y = np.asarray(rewards) - np.mean(rewards), np.asarray(targets) - np.mean(targets)
-  d = np.sqrt((x * x).sum() * (y * y).sum())
-  return float((x * y).sum() / d) if d > 0 else 0.0
