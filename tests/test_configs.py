@@ -91,3 +91,15 @@ def test_setting_trains_and_writes_results(dirs, setting, tmp_path):
   keys = ("pearson", "spearman") if setting == "simple_to_complex" else ("accuracy", "margin")
   for key in keys:
     assert test[key] == pytest.approx(again[key], abs=1e-6), key
+
+
+def test_every_experiment_preset_builds_and_an_unknown_one_is_named_with_the_choices():
+  """``configs/experiments.py:NAME`` for every registered preset is a grid that knows its name (the report's rerun
+  command); an unknown name is one error listing every preset, so the list cannot fall behind the registry."""
+  from configs import experiments
+  for name in ("", *experiments.PRESETS):
+    c = experiments.get_config(name)
+    assert c.preset == name and c.settings and c.train_config.train.top_k_layers == c.top_layers, name
+  with pytest.raises(ValueError, match="unknown preset 'nope'") as err:
+    experiments.get_config("nope")
+  assert all(name in str(err.value) for name in experiments.PRESETS)

@@ -399,10 +399,7 @@ def test_two_grids_never_share_an_embeddings_file():
 def test_each_preset_writes_its_own_report_by_default(tmp_path):
   """Running a preset (CI's :quick included) must not overwrite the default grid's committed report and figures."""
   from configs import experiments
-  paths = {arg: report.default_path(experiments.get_config(arg))
-           for arg in ("", "lpft", "lpft_sp", "lpft_sp_control", "lpft_control", "lpft_all_control",
-                       "smollm_sp_control", "smollm_fresh", "lpft_sp_fresh", "lpft_sp10", "lpft_sp_l2", "lpft_sp_l2wd",
-                       "lpft_sp_gapcurve", "lpft_sp_es", "lpft_sp_es_control", "lpft_sp2", "quick")}
+  paths = {arg: report.default_path(experiments.get_config(arg)) for arg in ("", *experiments.PRESETS)}
   assert paths[""] == Path("experiments/REPORT.md")
   assert paths["lpft_sp_control"] == Path("experiments/lpft_sp_control/REPORT.md")
   assert paths["lpft_control"] == Path("experiments/lpft_control/REPORT.md")
