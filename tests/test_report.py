@@ -507,6 +507,13 @@ def test_intervals_page_sums_up_the_shuffled_control_per_lambda(tmp_path):
   tally = "\n".join(intervals.control_section(cells, (1.0,)))
   assert "- `m1`, λ=1: the labels help in 1, hurt in 0 and make no detectable difference in 0 of 1 cells." in tally
   assert "- `m2`, λ=1: the labels help in 0, hurt in 0 and make no detectable difference in 1 of 1 cells." in tally
+  # A grid whose control skipped a λ: "not run" in its cell, and that λ's tally counts only the grids that ran it.
+  cells.append({"grid": "k", "model": "m1", "setting": "few_shot", "vs": {10.0: {"delta": 0.2, "lo": 0.1, "hi": 0.3}}})
+  section = intervals.control_section(cells, (1.0, 10.0))
+  assert "| k | few-shot-to-full (TL;DR) | not run | +0.200 [+0.100, +0.300] (labels hurt) |" in section
+  assert "- `m1`, λ=1: the labels help in 1, hurt in 0 and make no detectable difference in 0 of 1 cells." in section
+  assert "- `m1`, λ=10: the labels help in 0, hurt in 1 and make no detectable difference in 0 of 1 cells." in section
+  assert not any(line.startswith("- `m2`, λ=10") for line in section)
 
 
 def test_fresh_seed_presets_share_their_grid_but_not_its_runs():

@@ -4,11 +4,7 @@ every grid's Δ beside how far its source-only runs ended from the frozen-featur
 the shuffled-domains control, the control minus DIAL. Reads only the results file and the data files' target_test
 scores, so it also covers grids whose saved embeddings (needed by their own reports' figures, not here) are gone.
 
-  python -m dial_jax.experiments.intervals \
-      --presets=default,lpft,lpft_all,lpft_sp,essays512,lpft_sp2,smollm_sp_control \
-      --controls=lpft_sp_control,lpft_control,lpft_all_control,smollm_sp_control,lpft_sp_es_control \
-      --early_stop=lpft_sp_es:lpft_sp \
-      --out=experiments/INTERVALS.md
+  python -m dial_jax.experiments.intervals   # the grids of experiments/INTERVALS.md (the flags' defaults)
 """
 from __future__ import annotations
 
@@ -132,13 +128,19 @@ def drift_summary(cells: list[dict], model: str) -> str:
 CONTROL = "dial.domain_labels=shuffled"
 
 
+def control_lambdas(exp: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The λs at which the grid runs the shuffled-domains control."""
+  return tuple(sorted({float(lam) for overrides, lam in exp.variants if overrides == CONTROL}))
+
+
 def control_cells(exp: ml_collections.ConfigDict, summary: dict) -> list[dict]:
-  """Per setting where the shuffled-domains control and plain DIAL both ran at every grid seed and λ: control − DIAL
-  at each λ (``grid_summary.delta_interval``: paired by seed, examples resampled)."""
+  """Per setting where the shuffled-domains control and plain DIAL both ran at every grid seed and every λ of the
+  grid's control: control − DIAL at each of those λs (``grid_summary.delta_interval``: paired by seed, examples
+  resampled)."""
   cells = []
   for setting, s in summary.items():
-    vs = {lam: s["variant_vs_dial"].get((CONTROL, lam)) for lam in exp.lambdas}
-    if all(d is not None and len(d["seeds"]) == len(exp.seeds) for d in vs.values()):
+    vs = {lam: s["variant_vs_dial"].get((CONTROL, lam)) for lam in control_lambdas(exp)}
+    if vs and all(d is not None and len(d["seeds"]) == len(exp.seeds) for d in vs.values()):
       cells.append({"grid": grid_name(exp), "model": exp.model, "setting": setting, "vs": vs})
   return cells
 
@@ -149,26 +151,28 @@ def control_reading(d: dict) -> str:
 
 
 def control_section(cells: list[dict], lambdas) -> list[str]:
-  """Control − DIAL per grid, setting and λ, and per λ how many cells read each way."""
+  """Control − DIAL per grid, setting and λ ("not run" where a grid's control skipped that λ), and per λ how many
+  cells read each way."""
   if not cells:
     return []
-  fmt = lambda d: f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+  fmt = lambda d: f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] ({control_reading(d)})"
   lines = ["## The shuffled-domains control across grids", "",
            f"Grids that ran `{CONTROL}` (the same WDGRL push between random halves of the batch: no domain "
-           "information) at every seed and λ. Each cell: control − DIAL at the same λ, paired by seed, examples "
+           "information) at every seed. Each cell: control − DIAL at the same λ, paired by seed, examples "
            "resampled. Below 0 (interval under 0): DIAL beats its own push without the domain labels, so the labels "
            "help; above 0: they hurt. Simple-to-complex is in Pearson, the rest in accuracy.", "",
            *_table_head(["grid", "setting", *(f"control − DIAL, λ={lam:g}" for lam in lambdas)])]
   for c in cells:
     lines.append(f"| {c['grid']} | {grid_summary.TITLES[c['setting']]} | "
-                 + " | ".join(f"{fmt(c['vs'][lam])} ({control_reading(c['vs'][lam])})" for lam in lambdas) + " |")
+                 + " | ".join(fmt(c["vs"][lam]) if lam in c["vs"] else "not run" for lam in lambdas) + " |")
   lines.append("")
   for model, group in _by_model(cells).items():
     for lam in lambdas:
-      readings = [control_reading(c["vs"][lam]) for c in group]
-      lines.append(f"- `{model}`, λ={lam:g}: the labels help in {readings.count('labels help')}, hurt in "
-                   f"{readings.count('labels hurt')} and make no detectable difference in "
-                   f"{readings.count('no difference')} of {len(readings)} cells.")
+      readings = [control_reading(c["vs"][lam]) for c in group if lam in c["vs"]]
+      if readings:
+        lines.append(f"- `{model}`, λ={lam:g}: the labels help in {readings.count('labels help')}, hurt in "
+                     f"{readings.count('labels hurt')} and make no detectable difference in "
+                     f"{readings.count('no difference')} of {len(readings)} cells.")
   return lines + [""]
 
 
@@ -247,7 +251,7 @@ def render(grids: list[ml_collections.ConfigDict], controls: list[ml_collections
   lines += drift_section(cells, lambdas)
   control = []
   for exp in controls:
-    if tuple(exp.lambdas) == tuple(lambdas):
+    if set(control_lambdas(exp)) <= set(lambdas):
       rows = grid_summary.grid_rows(exp, runner.read_results(exp.results))
       control += control_cells(exp, grid_summary.summarize_grid(exp, rows, num_samples=num_samples))
   pairs = []
@@ -288,7 +292,7 @@ if __name__ == "__main__":
                                 "smollm_sp_control"],
                     "Presets of the config file ('default': the grid without a preset).")
   flags.DEFINE_list("controls", ["lpft_sp_control", "lpft_control", "lpft_all_control", "smollm_sp_control",
-                                 "lpft_sp_es_control"],
+                                 "lpft_sp_es_control", "lpft_sp_control_fresh"],
                     "Presets that ran the shuffled-domains control (their control minus DIAL, one section).")
   flags.DEFINE_list("early_stop", ["lpft_sp_es:lpft_sp"],
                     "STOPPED:REFERENCE preset pairs: a grid with train.keep_best against the same grid without it.")
