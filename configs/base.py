@@ -83,6 +83,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dial.align = "embeddings"      # embeddings (the paper's) | pair_differences: h_chosen - h_rejected, both signs
   # true | shuffled: a control whose domain loss compares two random halves of the mixed source and target features
   c.dial.domain_labels = "true"
+  # True: the domain loss sees its features without their component along the starting model's length direction
+  # (``probe.length_direction``, fitted once before training), so alignment cannot push along it
+  c.dial.length_blind = False
   c.dial.aux = "none"               # none | source_sft | target_ntp (auxiliary LM-loss baselines)
   c.dial.aux_weight = 1.0
 

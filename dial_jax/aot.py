@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dial_jax import cli_logging  # noqa: F401  (first: quiets library INFO logs)
+from dial_jax import config as config_lib
 from dial_jax import flops as flops_lib
 from dial_jax import parallel, tpu_slices
 from dial_jax.data import batching, pipeline
@@ -189,8 +190,12 @@ def analyse(config: ml_collections.ConfigDict, topology: str, *, include_eval: b
   batch, batch_problems = worst_case_batch(config, mesh, hosts, pad_id)
   problems += batch_problems
   batch_shardings = parallel.batch_shardings({k: v.shape for k, v in batch.items()}, mesh)
+  # dial.length_blind's direction is fitted on data at the start of training; any unit vector compiles the same.
+  length_direction = (np.eye(model.config.hidden_size, 1)[:, 0] if config.dial.length_blind
+                      and config_lib.domain_loss_active(config) else None)
   train_step = step_lib.make_train_step(model, state_lib.make_critic(config), tx, critic_tx, config,
-                                        state_shardings=state_shardings, batch_sharding=batch_shardings)
+                                        state_shardings=state_shardings, batch_sharding=batch_shardings,
+                                        length_direction=length_direction)
   train = _program(*_compile(train_step.lower(state, batch)), hbm)
   train["compile_s"] = round(time.time() - start, 1)
   parts = {name: per_chip_bytes(getattr(state, name), getattr(state_shardings, name))

@@ -1,8 +1,9 @@
 """Linear probe on frozen features: a reward linear in the model's last-token embeddings, fitted by L2-regularised
 pairwise logistic regression (Bradley-Terry on ``h_chosen - h_rejected``). Two uses: the experiments' frozen-feature
 baseline (the floor a fine-tuned reward model must clear) and ``model.head_init='probe'``, where the reward head
-starts at the probe before fine-tuning (linear probing then fine-tuning, LP-FT: Kumar et al., ICLR 2022). Pure
-numpy; Newton's method (the features are a few hundred wide)."""
+starts at the probe before fine-tuning (linear probing then fine-tuning, LP-FT: Kumar et al., ICLR 2022). Also the
+frozen features' length direction that ``dial.length_blind`` hides from the domain loss. Pure numpy; Newton's method
+(the features are a few hundred wide)."""
 from __future__ import annotations
 
 import numpy as np
@@ -80,3 +81,30 @@ def fit(fit_diffs: tuple[np.ndarray, np.ndarray], val_diffs: np.ndarray | None =
   if l2 is None:
     l2 = choose_l2(x / scale, w, val_diffs / scale) if val_diffs is not None else DEFAULT_L2
   return fit_pairwise_logreg(x / scale, w, l2) / scale, l2
+
+
+def length_direction(parts) -> tuple[np.ndarray, float]:
+  """(unit vector [D], r): the direction along which frozen embeddings change with the text's length in words, for
+  ``dial.length_blind``. ``parts``: ``(features, lengths)`` per domain, features as :func:`embeddings` gives them and
+  lengths as ``Domain.lengths``. The least-squares slope of the features on length, within pairs (chosen − rejected
+  against their length difference, so the shared prompt cancels; swapping a pair flips both, so a target's labels do
+  not enter) or, for scored texts, within the domain (both centred), pooled over the domains. ``r``: the correlation
+  (through 0, as the fit) of the features' projections on it with the length (differences), how much of the length
+  it carries."""
+  xs, ls = [], []
+  for (h, h_rejected), lengths in parts:
+    h, lengths = np.asarray(h, np.float64), np.asarray(lengths, np.float64)
+    if h_rejected is not None:
+      xs.append(h - np.asarray(h_rejected, np.float64))
+      ls.append(lengths[:, 0] - lengths[:, 1])
+    else:
+      xs.append(h - h.mean(axis=0))
+      ls.append(lengths - lengths.mean())
+  x, length = np.concatenate(xs), np.concatenate(ls)
+  slope = length @ x / max(float(length @ length), 1e-12)
+  norm = float(np.linalg.norm(slope))
+  if norm == 0.0:
+    raise ValueError("no length direction to fit: every pair's texts have equal length or the features are constant")
+  u = slope / norm
+  proj = x @ u
+  return u, float(proj @ length / max(float(np.linalg.norm(proj) * np.linalg.norm(length)), 1e-12))

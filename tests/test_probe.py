@@ -169,3 +169,55 @@ def test_the_probe_head_on_a_sharded_mesh(tiny):
   line = [l for l in proc.stdout.splitlines() if l.startswith("MAXDIFF ")][0]
   diff, scale = map(float, line.split()[1:])
   assert scale > 1e-3 and diff < 1e-5 * max(scale, 1.0), line
+
+
+def test_length_direction_recovers_a_planted_direction_without_the_target_labels():
+  """``probe.length_direction`` finds the direction along which features grow with length, within pairs (a shared
+  prompt part cancels) and within a scored domain (a shared shift cancels); swapping pairs' texts, all a target's
+  labels could change, changes nothing; equal lengths are an error."""
+  rng = np.random.default_rng(0)
+  d, n, m = 32, 400, 300
+  u = rng.normal(size=d)
+  u /= np.linalg.norm(u)
+  lengths = rng.integers(5, 60, (n, 2))
+  prompt = 5.0 * rng.normal(size=(n, d))  # large and shared by a pair's two texts
+  h_c, h_r = (prompt + 0.05 * lengths[:, k, None] * u + 0.05 * rng.normal(size=(n, d)) for k in (0, 1))
+  words = rng.integers(100, 500, m)
+  h_t = 3.0 + 0.05 * words[:, None] * u + 0.5 * rng.normal(size=(m, d))  # the same slope
+  got, r = probe.length_direction([((h_c, h_r), lengths), ((h_t, None), words)])
+  assert got @ u > 0.99 and r > 0.9 and np.linalg.norm(got) == pytest.approx(1.0)
+  swap = rng.random(n) < 0.5
+  h_c2, h_r2 = np.where(swap[:, None], h_r, h_c), np.where(swap[:, None], h_c, h_r)
+  got2, r2 = probe.length_direction([((h_c2, h_r2), np.where(swap[:, None], lengths[:, ::-1], lengths)),
+                                     ((h_t, None), words)])
+  np.testing.assert_allclose(got2, got, atol=1e-12)
+  assert r2 == pytest.approx(r, abs=1e-12)
+  with pytest.raises(ValueError, match="no length direction"):
+    probe.length_direction([((h_c, h_r), np.full((n, 2), 7))])
+
+
+def test_the_loop_fits_the_length_direction_on_the_starting_model(tiny):
+  """With ``dial.length_blind`` the loop fits the direction on the starting model's embeddings of both training
+  domains (equal to fitting it independently), trains with it, and refuses, before any work, domains without
+  lengths."""
+  from dial_jax import parallel
+  from dial_jax.train import writers
+  config = helpers.tiny_config(*tiny, **{"dial.length_blind": True, "train.num_steps": 1})
+  model, variables, tokenizer, _ = load.build_model(config)
+  source, target, _ = loop.load_data(config, tokenizer)
+  ref = Scorer(model, variables, None, batch_size=8, max_length=64)
+  want, _ = probe.length_direction([(probe.embeddings(ref, d), d.lengths) for d in (source, target)])
+  mesh = parallel.make_mesh(config.mesh)
+  tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
+  state, _ = state_lib.create_train_state(variables, config, model.config.num_layers, model.config.hidden_size, tx,
+                                          critic_tx)
+  got = loop.fit_length_direction(state, config, Scorer(model, None, None, batch_size=8, max_length=64), source,
+                                  target)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  out = loop.train(config, model, variables, source, target, {}, mesh=mesh, pad_id=model.config.pad_token_id,
+                   writer=writers.MemoryWriter(), progress=False)
+  assert np.isfinite(np.asarray(out.variables["params"]["score"]["kernel"])).all()
+  target.lengths = None
+  with pytest.raises(ValueError, match="dial.length_blind needs each text's length in words; domain"):
+    loop.train(config, model, variables, source, target, {}, mesh=mesh, pad_id=model.config.pad_token_id,
+               writer=writers.MemoryWriter(), progress=False)

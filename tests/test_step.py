@@ -241,3 +241,42 @@ def test_nonfinite_step_is_skipped(dirs):
   assert int(new.step) == 1
   for a, b in zip(jax.tree.leaves(poisoned.opt_state), jax.tree.leaves(new.opt_state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_project_out_leaves_the_domain_gradient_nothing_along_the_direction():
+  """``dial.length_blind``'s projection: the features lose their component along the direction, and so does the
+  gradient of any domain loss computed from them (without it, it has one)."""
+  rng = np.random.default_rng(0)
+  h = jnp.asarray(50.0 * rng.normal(size=(16, 24)), jnp.float32)
+  u = rng.normal(size=24)
+  u /= np.linalg.norm(u)
+  w1, w2 = jnp.asarray(rng.normal(size=(24, 8)), jnp.float32), jnp.asarray(rng.normal(size=8), jnp.float32)
+  critic = lambda x: jax.nn.gelu(x @ w1 / 50.0) @ w2
+  w_estimate = lambda x: jnp.mean(critic(x[:8])) - jnp.mean(critic(x[8:]))
+  projected = step_lib.project_out(h, u)
+  np.testing.assert_allclose(np.asarray(projected) @ u, 0.0, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(h - projected), np.outer(np.asarray(h) @ u, u), rtol=1e-4, atol=1e-3)
+  plain = np.asarray(jax.grad(w_estimate)(h)) @ u
+  blind = np.asarray(jax.grad(lambda x: w_estimate(step_lib.project_out(x, u)))(h)) @ u
+  assert np.abs(plain).max() > 1e-3 and np.abs(blind).max() < 1e-6
+
+
+def test_length_blind_step_changes_only_what_the_domain_loss_sees(dirs):
+  """With ``dial.length_blind`` the step needs its direction (and refuses one without the flag); from the same start
+  the forward pass and source loss are DIAL's, the critic's features (so W) are not."""
+  config = helpers.tiny_config(*dirs, **{"dial.length_blind": True})
+  model, state, batches, (critic, tx, critic_tx, shardings) = setup(config)
+  with pytest.raises(ValueError, match="length_direction is needed with dial.length_blind"):
+    make_step(model, critic, tx, critic_tx, config, shardings)
+  u = np.random.default_rng(0).normal(size=model.config.hidden_size)
+  with pytest.raises(ValueError, match="length_direction is needed with dial.length_blind"):
+    step_lib.make_train_step(model, critic, tx, critic_tx, helpers.tiny_config(*dirs), length_direction=u)
+  # The starting (linear) critic's own slope as the direction: it then sees nothing but its bias until it moves.
+  slope = np.asarray(jax.grad(lambda x: critic.apply(state.critic, x[None])[0])(jnp.zeros(u.shape, jnp.float32)))
+  step = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=shardings,
+                                  batch_sharding=NamedSharding(shardings.step.mesh, PartitionSpec()), donate=False,
+                                  length_direction=slope / np.linalg.norm(slope))
+  _, blind = step(state, batches.batch(0))
+  _, plain, _ = run_steps(helpers.tiny_config(*dirs), 1)
+  assert float(blind["source_loss"]) == pytest.approx(float(plain[0]["source_loss"]), rel=1e-6)
+  assert abs(float(blind["wasserstein"])) < 0.5 * abs(float(plain[0]["wasserstein"]))

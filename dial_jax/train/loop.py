@@ -251,6 +251,11 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
   is_main = jax.process_index() == 0
   writer = writer or writers_lib.MultiWriter([])
   progress = (is_main and sys.stderr.isatty()) if progress is None else progress
+  blind = config.dial.length_blind and config_lib.domain_loss_active(config)
+  for d in (source, target) if blind else ():
+    if d.lengths is None:
+      raise ValueError(f"dial.length_blind needs each text's length in words; domain {d.name!r} has none (domains "
+                       "from pipeline.load_domain have them)")
   batches = paired_batches(config, source, target, pad_id, mesh)
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   critic = state_lib.make_critic(config)
@@ -263,6 +268,8 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
   batch_shardings = parallel.batch_shardings(global_shapes, mesh)
   scorer = Scorer(model, None, tokenizer, batch_size=config.data.eval_batch_size, max_length=config.data.max_length,
                   mesh=mesh)
+  # Fitted on the starting model before any restore, so a resumed run fits the same direction again.
+  length_direction = fit_length_direction(state, config, scorer, source, target) if blind else None
   if checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     logging.info("resumed from step %d", int(state.step))
@@ -271,7 +278,7 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
     # The optimizer starts from the head it trains (weight_decay_target=start anchors there).
     state = state.replace(opt_state=jax.jit(tx.init, out_shardings=state_shardings.opt_state)(state.trainable))
   train_step = step_lib.make_train_step(model, critic, tx, critic_tx, config, state_shardings=state_shardings,
-                                        batch_sharding=batch_shardings)
+                                        batch_sharding=batch_shardings, length_direction=length_direction)
 
   step = start = int(state.step)
   num_steps = config.train.num_steps
@@ -378,6 +385,22 @@ def head_at_probe(state: state_lib.TrainState, config: ml_collections.ConfigDict
   kernel = flat[("params", "score", "kernel")]
   flat[("params", "score", "kernel")] = jax.device_put(jnp.asarray(coef[:, None], kernel.dtype), kernel.sharding)
   return state.replace(trainable=flax.traverse_util.unflatten_dict(flat))
+
+
+def fit_length_direction(state: state_lib.TrainState, config: ml_collections.ConfigDict, scorer: Scorer,
+                         source: pipeline.Domain, target: pipeline.Domain) -> np.ndarray:
+  """``dial.length_blind``'s direction: ``probe.length_direction`` of the starting model's embeddings of both
+  training domains (each a seeded draw of at most ``model.probe_max_pairs`` pairs or texts; the target's labels do
+  not enter)."""
+  scorer.variables = state_lib.merge(state.trainable, state.frozen)
+  parts = []
+  for d in (source, target):
+    d = pipeline.take(d, config.model.probe_max_pairs, config.train.seed)
+    parts.append((probe.embeddings(scorer, d), d.lengths))
+  direction, r = probe.length_direction(parts)
+  logging.info("dial.length_blind: the domain loss loses the starting model's length direction (Pearson %.3f of the "
+               "projections with the length in words)", r)
+  return direction
 
 
 def _flush(writer) -> None:

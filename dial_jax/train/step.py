@@ -6,7 +6,8 @@ Per micro-batch (``lax.scan`` over ``train.grad_accum_steps`` of them):
      maximising ``W - gamma * GP``;
   3. loss = BT(source) + lambda * W(source, target) with the updated critic (or MMD / CORAL / DANN) on the domain
      features (``dial.align``: the embeddings, or the pairs' chosen - rejected differences; ``dial.domain_labels=
-     shuffled``: a control that mixes the two domains' rows at random), plus the
+     shuffled``: a control that mixes the two domains' rows at random; ``dial.length_blind``: the features without
+     their component along the starting model's length direction), plus the
      oracle's target BT or an auxiliary LM loss, differentiated with ``jax.value_and_grad``.
 Gradients are averaged over micro-batches and applied with optax; a non-finite loss or gradient skips
 the update (``train.on_nonfinite=skip``) and is counted.
@@ -18,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -96,6 +98,13 @@ def domain_features(h, b_s: int, b_t: int, align: str) -> jax.Array:
   return jnp.concatenate([d_s, -d_s, d_t, -d_t])
 
 
+def project_out(x, direction) -> jax.Array:
+  """``x`` [N, D] without its component along the unit vector ``direction`` [D] (a constant): whatever a domain loss
+  computes from the result, its gradient with respect to ``x`` has no component along ``direction``."""
+  u = jax.lax.stop_gradient(jnp.asarray(direction, x.dtype))
+  return x - (x @ u)[:, None] * u
+
+
 def shuffled_domains(features_fn, rng, n: int):
   """A control for what the domain loss learns from the domain labels: the same features, permuted at random (one
   permutation per micro-batch, from ``rng``), so the loss compares two random halves of the mixed source and target
@@ -117,8 +126,9 @@ def loss_balance(variables, h, b_s, n_src, lam, domain_fn) -> dict[str, jax.Arra
 
 
 def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rng, lam, *, model, critic, critic_tx,
-                     config):
-  """Loss of one micro-batch and, as aux, (metrics, updated critic, updated critic optimizer state)."""
+                     config, length_direction=None):
+  """Loss of one micro-batch and, as aux, (metrics, updated critic, updated critic optimizer state).
+  ``length_direction`` (with ``dial.length_blind``): the unit vector the domain loss's features lose."""
   d = config.dial
   variables = merge(trainable, frozen)
   if "packed_ids" in batch:
@@ -138,6 +148,8 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
   target_loss = _weighted_bt(r_tc, r_tr, target_weight)
 
   features = functools.partial(domain_features, b_s=b_s, b_t=b_t, align=d.align)
+  if length_direction is not None:
+    features = lambda x, f=features: project_out(f(x), length_direction)
   if d.domain_labels == "shuffled" and config_lib.domain_loss_active(config):
     rng, shuffle_rng = jax.random.split(rng)
     features = shuffled_domains(features, shuffle_rng, n_src + n_tgt)  # both alignments give n_src + n_tgt rows
@@ -199,12 +211,13 @@ def micro_batch_loss(trainable, critic_vars, frozen, critic_opt_state, batch, rn
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic, tx, critic_tx,
-               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+               config: ml_collections.ConfigDict, length_direction=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step over ``batch`` (arrays with a leading micro-batch axis)."""
   rng, step_rng = jax.random.split(state.rng)
   lam = domain_weight(config, state.step)
   train_critic_by_grad = config.dial.domain_loss == "dann" and config_lib.domain_loss_active(config)
-  loss_fn = functools.partial(micro_batch_loss, model=model, critic=critic, critic_tx=critic_tx, config=config)
+  loss_fn = functools.partial(micro_batch_loss, model=model, critic=critic, critic_tx=critic_tx, config=config,
+                              length_direction=length_direction)
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1) if train_critic_by_grad else 0, has_aux=True)
   num_micro = jax.tree.leaves(batch)[0].shape[0]
 
@@ -251,11 +264,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, critic,
 
 
 def make_train_step(model, critic, tx, critic_tx, config, *, state_shardings=None, batch_sharding=None,
-                    donate: bool = True):
+                    donate: bool = True, length_direction=None):
   """``jax.jit`` of :func:`train_step` with everything but (state, batch) bound; with shardings given, the
-  state keeps its layout (``out_shardings`` = ``in_shardings``) and metrics come back replicated."""
+  state keeps its layout (``out_shardings`` = ``in_shardings``) and metrics come back replicated.
+  ``length_direction`` [hidden size]: the unit vector ``dial.length_blind`` removes (``probe.length_direction``),
+  needed exactly when that flag is on and a domain loss acts."""
   config_lib.validate(config)
-  fn = functools.partial(train_step, model=model, critic=critic, tx=tx, critic_tx=critic_tx, config=config)
+  blind = config.dial.length_blind and config_lib.domain_loss_active(config)
+  if blind != (length_direction is not None):
+    raise ValueError("make_train_step: length_direction is needed with dial.length_blind (and a domain loss), and "
+                     "only then")
+  fn = functools.partial(train_step, model=model, critic=critic, tx=tx, critic_tx=critic_tx, config=config,
+                         length_direction=None if length_direction is None else np.asarray(length_direction,
+                                                                                          np.float32))
   kwargs = {}
   if state_shardings is not None:
     replicated = NamedSharding(state_shardings.step.mesh, PartitionSpec())
