@@ -13,6 +13,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:smollm_fresh      # its plain grid at 5 new seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_fresh     # lpft_sp's plain grid, 5 new seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_control_fresh  # its control at seeds 5-9
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_blind     # lpft_sp_control + length-blind
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp10         # lpft_sp + lpft_sp_fresh, 10 seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2        # lpft_sp, probe L2 fixed at 1e-3
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2wd      # that, 4 settings, decay 100
@@ -181,6 +182,15 @@ def _lpft_sp_control_fresh():  # the shuffled-domains control of lpft_sp_control
   return c
 
 
+def _lpft_sp_blind():  # lpft_sp_control's grid (same runs and rows) plus DIAL with dial.length_blind at lambda 100:
+  # does DIAL still lose TL;DR accuracy when its alignment cannot push along the length direction?
+  # (predictions: experiments/lpft_sp_blind/NOTES.md, written before the runs). Clean-to-noisy and few-shot first.
+  c = get_config("lpft_sp_control")
+  c.settings = ("clean_to_noisy", "few_shot", "simple_to_complex", "cross_lingual")
+  c.variants = (*c.variants, ("dial.length_blind=true", 100.0))
+  return c
+
+
 def _lpft_sp10():  # lpft_sp's plain grid at seeds 0-9: lpft_sp's and lpft_sp_fresh's runs as one grid
   # (same fingerprint, no new run): lambda and the intervals from ten seeds (experiments/lpft_sp10/NOTES.md).
   c = get_config("lpft_sp")
@@ -281,6 +291,7 @@ PRESETS = {
     "smollm_fresh": _smollm_fresh,
     "lpft_sp_fresh": _lpft_sp_fresh,
     "lpft_sp_control_fresh": _lpft_sp_control_fresh,
+    "lpft_sp_blind": _lpft_sp_blind,
     "lpft_sp10": _lpft_sp10,
     "lpft_sp_l2": _lpft_sp_l2,
     "lpft_sp_l2wd": _lpft_sp_l2wd,
