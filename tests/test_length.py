@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dial_jax.data import pipeline
-from dial_jax.experiments import grid_summary, length, runner
+from dial_jax.experiments import grid_summary, length, runner, selection
 from tests import helpers
 from tests.test_report import N_ESSAYS, N_PAIRS, _exp, make_rows
 
@@ -149,6 +149,39 @@ def test_pair_settings_split_the_accuracy_by_which_response_is_longer(grid_for_p
       np.mean([acc(b["test_scores"], shorter) - acc(a["test_scores"], shorter) for a, b in zip(so, d10)]))
   lines = "\n".join(length.cell_lines(cell))
   assert f"accuracy, chosen longer ({longer.sum()})" in lines and "Δ accuracy, chosen shorter" in lines
+
+
+def test_length_blind_dial_is_compared_with_source_only_and_dial(grid_for_pairs):
+  """A grid's ``dial.length_blind=true`` runs are a method of the page, compared with source-only and with DIAL at the
+  same λ (paired by seed); other variants (the authors' critic here) are left to the grid's report."""
+  exp, _, rows = grid_for_pairs
+  blind = "dial.length_blind=true"
+  d10 = [r for r in rows if r["setting"] == "few_shot" and r["mode"] == "dial" and r["lambda"] == 10.0
+         and not r["variant"]]
+  flipped = [dict(r, run_id=f"{r['run_id']}/{blind}", variant=blind,
+                  test_scores=[-m for m in r["test_scores"]],
+                  eval={**r["eval"], "target_test": {**r["eval"]["target_test"],
+                                                     "accuracy": selection.accuracy_of_margins(
+                                                         [-m for m in r["test_scores"]])}}) for r in d10]
+  for r in flipped:
+    runner.append_result(exp.results, r)
+  exp.variants, exp.variant_seeds = (*exp.variants, (blind, 10.0)), exp.seeds
+  limited = _exp(Path(exp.results).parent)  # the grid the rows were made for (the fixture reads the file whole)
+  limited.variants, limited.variant_seeds = exp.variants, exp.variant_seeds
+  summary = grid_summary.summarize_grid(limited, grid_summary.grid_rows(limited, runner.read_results(exp.results)),
+                                        num_samples=20)
+  cell = next(c for c in length.setting_cells(exp, summary, num_samples=100) if c["setting"] == "few_shot")
+  targets = length.target_test_targets(exp, "few_shot")
+  methods = dict(cell["methods"])
+  assert methods["length-blind DIAL λ=10"]["length"] == pytest.approx(-methods["DIAL λ=10"]["length"], abs=1e-12)
+  assert not any("critic_input_scale" in name for name in methods)
+  comps = {c["name"]: c["d"] for c in cell["comparisons"]}
+  want = grid_summary.delta_interval(d10, flipped, None, metric=length.length_pearson, targets=targets,
+                                     num_samples=100)
+  assert comps["length-blind DIAL − DIAL, λ=10"]["length"] == want
+  so = [r for r in rows if r["setting"] == "few_shot" and r["mode"] == "source_only"]
+  assert comps["length-blind DIAL − source-only, λ=10"]["metric"] == grid_summary.delta_interval(
+      so, flipped, None, num_samples=100)
 
 
 @pytest.fixture

@@ -112,23 +112,39 @@ def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples
   return out
 
 
+# The variants the page shows besides the control (a grid's others, e.g. the authors' critic, are its report's).
+VARIANT_NAMES = {"dial.length_blind=true": "length-blind DIAL"}
+
+
+def variant_name(overrides: str) -> str:
+  return VARIANT_NAMES[overrides]
+
+
 def setting_cells(exp: ml_collections.ConfigDict, summary: dict, *, num_samples: int) -> list[dict]:
   """Per setting of a grid summary with its data file: each method's stats (source-only, DIAL and the
-  shuffled-domains control at each λ, oracle) and the comparisons DIAL − source-only and DIAL − control."""
+  shuffled-domains control at each λ, each variant of :data:`VARIANT_NAMES` at its λs, oracle) and the comparisons
+  DIAL − source-only, DIAL − control, and each such variant − source-only and − DIAL."""
   cells = []
   for setting, s in summary.items():
     targets = target_test_targets(exp, setting)
     if targets is None or not s["source_only"]:
       continue
     control = {lam: s["variants"].get((intervals.CONTROL, lam), []) for lam in exp.lambdas}
+    others = [(overrides, float(lam), s["variants"][overrides, lam]) for overrides, lam in exp.variants
+              if overrides in VARIANT_NAMES and s["variants"].get((overrides, lam))]
     methods = [("source-only", s["source_only"])]
     methods += [(f"DIAL λ={lam:g}", s["dial"].get(lam, [])) for lam in exp.lambdas]
     methods += [(f"control λ={lam:g}", control[lam]) for lam in exp.lambdas if control[lam]]
+    methods += [(f"{variant_name(v)} λ={lam:g}", runs) for v, lam, runs in others]
     methods += [("oracle", s["oracle"])]
     comparisons = [(f"DIAL − source-only, λ={lam:g}", "dial", lam, s["source_only"], s["dial"][lam])
                    for lam in exp.lambdas if s["dial"].get(lam)]
     comparisons += [(f"DIAL − control, λ={lam:g}", "control", lam, control[lam], s["dial"][lam])
                     for lam in exp.lambdas if control[lam] and s["dial"].get(lam)]
+    for v, lam, runs in others:
+      comparisons += [(f"{variant_name(v)} − source-only, λ={lam:g}", "variant", lam, s["source_only"], runs)]
+      if s["dial"].get(lam):
+        comparisons += [(f"{variant_name(v)} − DIAL, λ={lam:g}", "variant", lam, s["dial"][lam], runs)]
     cells.append({
         "grid": intervals.grid_name(exp), "model": exp.model, "setting": setting, "metric": s["metric"],
         "r_tl": float(np.corrcoef(targets[:, 0], targets[:, 1])[0, 1]) if s["metric"] == "pearson" else None,
@@ -226,7 +242,8 @@ def render(grids: list[ml_collections.ConfigDict], *,
            "shorter one (ties in neither; each Δ reads the resampled pairs of its subset). Method columns are "
            "means over runs; comparisons are paired by seed, "
            f"examples resampled, with the seeds resampled too as the stricter reading ({num_samples} draws, seed "
-           f"{grid_summary.BOOTSTRAP_SEED}). `control` is the shuffled-domains control (`{intervals.CONTROL}`).",
+           f"{grid_summary.BOOTSTRAP_SEED}). `control` is the shuffled-domains control (`{intervals.CONTROL}`); "
+           "`length-blind DIAL` is DIAL with `dial.length_blind=true`.",
            ""]
   cells = []
   for exp in grids:
@@ -271,8 +288,8 @@ if __name__ == "__main__":
   FLAGS = flags.FLAGS
   flags.DEFINE_string("config_file", "configs/experiments.py", "Experiment grid config file.")
   # Grids with disjoint runs (a control preset stands for the plain grid it shares its rows with).
-  flags.DEFINE_list("presets", ["lpft_sp_control", "lpft_sp_es_control", "smollm_sp_control", "default",
-                                "lpft_control", "lpft_all_control", "lpft_sp_fresh", "lpft_sp_l2wd",
+  flags.DEFINE_list("presets", ["lpft_sp_blind", "lpft_sp_es_control", "smollm_sp_control", "default",
+                                "lpft_control", "lpft_all_control", "lpft_sp_control_fresh", "lpft_sp_l2wd",
                                 "lpft_sp_gapcurve", "lpft_sp2", "essays512", "smollm_fresh"],
                     "Presets of the config file ('default': the grid without a preset).")
   flags.DEFINE_string("results", None, "Results file (default: each preset's).")
