@@ -64,6 +64,8 @@ VARIANT_NOTES = {
                             "its critic slope is empty)",
     "dial.domain_labels=shuffled": "the same domain loss between random halves of the batch (source and target "
                                    "rows mixed): DIAL's push with no domain information, a control",
+    "dial.length_blind=true": "the domain loss sees its features without the starting model's length direction, so "
+                              "the alignment cannot push along it",
 }
 
 
