@@ -86,6 +86,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # True: the domain loss sees its features without their component along the starting model's length direction
   # (``probe.length_direction``, fitted once before training), so alignment cannot push along it
   c.dial.length_blind = False
+  # True: the domain loss sees target pairs redrawn so their response lengths follow the source's
+  # (``data.matching``: label-free importance resampling on the lengths in words)
+  c.dial.match_target_lengths = False
   c.dial.aux = "none"               # none | source_sft | target_ntp (auxiliary LM-loss baselines)
   c.dial.aux_weight = 1.0
 

@@ -106,6 +106,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dial.align": _enum("embeddings", "pair_differences"),
     "dial.domain_labels": _enum("true", "shuffled"),
     "dial.length_blind": _any(_BOOL),
+    "dial.match_target_lengths": _any(_BOOL),
     "dial.aux": _enum(*AUX_LOSSES),
     "dial.aux_weight": _at_least(0.0, _FLOAT),
     "mesh.data": (lambda v: isinstance(v, int) and (v == -1 or v >= 1), "-1 (all remaining devices) or >= 1"),
@@ -119,7 +120,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 ADDED_KEYS = {"model.attention": "xla", "model.scan_layers": False, "model.head_init": "normal",
               "train.weight_decay_target": "zero", "dial.align": "embeddings",
               "model.probe_max_pairs": 0, "dial.domain_labels": "true", "model.probe_l2": 0.0,
-              "train.keep_best": False, "dial.length_blind": False}
+              "train.keep_best": False, "dial.length_blind": False,
+              "dial.match_target_lengths": False}
 
 
 class ConfigError(ValueError):

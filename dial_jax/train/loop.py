@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from dial_jax import config as config_lib
 from dial_jax import parallel, paths, probe
 from dial_jax.checkpoint import Checkpointer
-from dial_jax.data import batching, pipeline, settings
+from dial_jax.data import batching, matching, pipeline, settings
 from dial_jax.hf import load
 from dial_jax.inference import Scorer, evaluate_domain, heldout_gap
 from dial_jax.train import state as state_lib
@@ -256,6 +256,12 @@ def train(config: ml_collections.ConfigDict, model, variables, source: pipeline.
     if d.lengths is None:
       raise ValueError(f"dial.length_blind needs each text's length in words; domain {d.name!r} has none (domains "
                        "from pipeline.load_domain have them)")
+  if config.dial.match_target_lengths and config_lib.domain_loss_active(config):
+    target, info = matching.match_lengths(target, source, config.train.seed)
+    logging.info("dial.match_target_lengths: %d target pairs redrawn by length (%.0f effective, %d distinct); "
+                 "median length gap within a pair: source %.1f, target %.1f, redrawn %.1f words", len(target),
+                 info["effective_pairs"], info["distinct_pairs"], info["median_length_gap_source"],
+                 info["median_length_gap_target"], info["median_length_gap_matched"])
   batches = paired_batches(config, source, target, pad_id, mesh)
   tx, critic_tx = state_lib.make_optimizer(config), state_lib.make_critic_optimizer(config)
   critic = state_lib.make_critic(config)
