@@ -110,6 +110,14 @@ def test_page_shows_each_method_and_paired_comparisons_and_refuses_a_foreign_fil
               f"{d['hi_seeds']:+.3f}] | {r_tl * d['delta']:+.3f} |" in text)
   assert "- `gemma-3-270m`: 2 of 2 cells." in text    # λ 1 lowers both (−0.01), λ 10 raises both
   assert "Pearson of the margin with the length difference" not in text   # the few-shot file is absent: no cell
+  # A second grid with the same fingerprint and seeds (e.g. a preset with more variants listed first) does not
+  # repeat a setting the first one showed; one with other seeds does.
+  import copy
+  title = f": {grid_summary.TITLES['simple_to_complex']}\n"
+  again, fewer = copy.deepcopy(exp), copy.deepcopy(exp)
+  fewer.seeds = exp.seeds[:2]
+  twice = length.render([exp, again, fewer], num_samples=20)
+  assert twice.count(title) == 2 and twice.count(f"Not repeated: {title[2:-1]} (shown above under") == 1
   # A pair setting: the length-alone baseline counts the pairs whose chosen response is longer (ties half). The
   # file has 30 pairs (the grid's limit) and the rows' scores 200: every few-shot run is left out, and said so.
   pairs = Path(exp.data_dir) / "few_shot" / "target_test.jsonl"

@@ -113,7 +113,7 @@ def comparison(a: list[dict], b: list[dict], targets: np.ndarray, *, num_samples
 
 
 # The variants the page shows besides the control (a grid's others, e.g. the authors' critic, are its report's).
-VARIANT_NAMES = {"dial.length_blind=true": "length-blind DIAL"}
+VARIANT_NAMES = {"dial.length_blind=true": "length-blind DIAL", "dial.match_target_lengths=true": "length-matched DIAL"}
 
 
 def variant_name(overrides: str) -> str:
@@ -243,16 +243,24 @@ def render(grids: list[ml_collections.ConfigDict], *,
            "means over runs; comparisons are paired by seed, "
            f"examples resampled, with the seeds resampled too as the stricter reading ({num_samples} draws, seed "
            f"{grid_summary.BOOTSTRAP_SEED}). `control` is the shuffled-domains control (`{intervals.CONTROL}`); "
-           "`length-blind DIAL` is DIAL with `dial.length_blind=true`.",
+           "`length-blind DIAL` is DIAL with `dial.length_blind=true`, `length-matched DIAL` with "
+           "`dial.match_target_lengths=true`. A setting of a grid whose runs an earlier section of the same grid "
+           "fingerprint and seeds already shows is not repeated.",
            ""]
-  cells = []
+  cells, shown = [], {}
   for exp in grids:
     rows = grid_summary.grid_rows(exp, runner.read_results(exp.results))
     summary = grid_summary.summarize_grid(exp, rows, num_samples=num_samples)
+    key = (runner.grid_fingerprint(exp), tuple(exp.seeds))
     mine = setting_cells(exp, summary, num_samples=num_samples)
-    lines += [f"## {intervals.grid_name(exp)} (grid `{runner.grid_fingerprint(exp)}`, seeds "
-              f"{', '.join(map(str, exp.seeds))})", ""]
-    if not mine:
+    lines += [f"## {intervals.grid_name(exp)} (grid `{key[0]}`, seeds {', '.join(map(str, exp.seeds))})", ""]
+    repeated = [c["setting"] for c in mine if (key, c["setting"]) in shown]
+    if repeated:  # an earlier grid listed here (a superset of these runs, e.g. more variants) shows them
+      lines += [f"Not repeated: {', '.join(grid_summary.TITLES[s] for s in repeated)} (shown above under "
+                f"{shown[key, repeated[0]]}).", ""]
+      mine = [c for c in mine if c["setting"] not in repeated]
+    shown.update({(key, c["setting"]): intervals.grid_name(exp) for c in mine})
+    if not mine and not repeated:
       lines += [f"No runs of this grid in `{exp.results}`.", ""]
     for c in mine:
       lines += cell_lines(c)
@@ -287,8 +295,9 @@ if __name__ == "__main__":
   from absl import app, flags
   FLAGS = flags.FLAGS
   flags.DEFINE_string("config_file", "configs/experiments.py", "Experiment grid config file.")
-  # Grids with disjoint runs (a control preset stands for the plain grid it shares its rows with).
-  flags.DEFINE_list("presets", ["lpft_sp_blind", "lpft_sp_es_control", "smollm_sp_control", "default",
+  # Grids with disjoint runs (a control preset stands for the plain grid it shares its rows with; lpft_sp_blind
+  # adds simple-to-complex, which lpft_sp_matched cannot run, to lpft_sp_matched's pair settings).
+  flags.DEFINE_list("presets", ["lpft_sp_matched", "lpft_sp_blind", "lpft_sp_es_control", "smollm_sp_control", "default",
                                 "lpft_control", "lpft_all_control", "lpft_sp_control_fresh", "lpft_sp_l2wd",
                                 "lpft_sp_gapcurve", "lpft_sp2", "essays512", "smollm_fresh"],
                     "Presets of the config file ('default': the grid without a preset).")

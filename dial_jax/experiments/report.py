@@ -66,6 +66,8 @@ VARIANT_NOTES = {
                                    "rows mixed): DIAL's push with no domain information, a control",
     "dial.length_blind=true": "the domain loss sees its features without the starting model's length direction, so "
                               "the alignment cannot push along it",
+    "dial.match_target_lengths=true": "the domain loss sees target pairs redrawn (label-free, by their response "
+                                      "lengths) so their length gaps follow the source's",
 }
 
 
