@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dial_jax import probe
 from dial_jax.experiments import rows as row_format
 
 
@@ -173,5 +174,5 @@ def paired_bootstrap(a_scores: Sequence[Sequence[float]], b_scores: Sequence[Seq
 
 
 def accuracy_of_margins(margins, _targets=None) -> float:
-  margins = np.asarray(margins)
-  return float(np.mean((margins > 0) + 0.5 * (margins == 0)))
+  """:func:`dial_jax.probe.pairwise_accuracy` with the bootstrap's (scores, targets) signature."""
+  return probe.pairwise_accuracy(margins)
