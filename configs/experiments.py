@@ -15,6 +15,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_control_fresh  # its control at seeds 5-9
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_blind     # lpft_sp_control + length-blind
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_matched   # that + length-matched targets
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_matched_fresh  # that at seeds 5-9
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp10         # lpft_sp + lpft_sp_fresh, 10 seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2        # lpft_sp, probe L2 fixed at 1e-3
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2wd      # that, 4 settings, decay 100
@@ -202,6 +203,15 @@ def _lpft_sp_matched():  # lpft_sp_blind's grid (same runs and rows) in the pair
   return c
 
 
+def _lpft_sp_matched_fresh():  # lpft_sp_matched's new runs at seeds 5-9 beside lpft_sp_control_fresh's (same
+  # fingerprint: its source-only, DIAL and control runs are reused); fixed, with its predictions, while
+  # lpft_sp_matched ran (experiments/lpft_sp_matched/NOTES.md), to run whatever seeds 0-4 show.
+  c = get_config("lpft_sp_control_fresh")
+  c.settings = ("clean_to_noisy", "few_shot", "cross_lingual")
+  c.variants = (*c.variants, *(("dial.match_target_lengths=true", lam) for lam in (10.0, 100.0)))
+  return c
+
+
 def _lpft_sp10():  # lpft_sp's plain grid at seeds 0-9: lpft_sp's and lpft_sp_fresh's runs as one grid
   # (same fingerprint, no new run): lambda and the intervals from ten seeds (experiments/lpft_sp10/NOTES.md).
   c = get_config("lpft_sp")
@@ -304,6 +314,7 @@ PRESETS = {
     "lpft_sp_control_fresh": _lpft_sp_control_fresh,
     "lpft_sp_blind": _lpft_sp_blind,
     "lpft_sp_matched": _lpft_sp_matched,
+    "lpft_sp_matched_fresh": _lpft_sp_matched_fresh,
     "lpft_sp10": _lpft_sp10,
     "lpft_sp_l2": _lpft_sp_l2,
     "lpft_sp_l2wd": _lpft_sp_l2wd,
