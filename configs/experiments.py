@@ -16,6 +16,7 @@
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_blind     # lpft_sp_control + length-blind
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_matched   # that + length-matched targets
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_matched_fresh  # that at seeds 5-9
+  python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_matched1 # lpft_sp_matched + lambda 1
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp10         # lpft_sp + lpft_sp_fresh, 10 seeds
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2        # lpft_sp, probe L2 fixed at 1e-3
   python -m dial_jax.experiments --config=configs/experiments.py:lpft_sp_l2wd      # that, 4 settings, decay 100
@@ -212,6 +213,15 @@ def _lpft_sp_matched_fresh():  # lpft_sp_matched's new runs at seeds 5-9 beside 
   return c
 
 
+def _lpft_sp_matched1():  # lpft_sp_matched (same runs and rows) plus the option at lambda 1 in the two TL;DR
+  # settings, where the domain labels (not the push: the control keeps it) remove the length preference
+  # (predictions fixed after lpft_sp_matched's results, before these runs: experiments/lpft_sp_matched/NOTES.md)
+  c = get_config("lpft_sp_matched")
+  c.settings = ("clean_to_noisy", "few_shot")
+  c.variants = (*c.variants, ("dial.match_target_lengths=true", 1.0))
+  return c
+
+
 def _lpft_sp10():  # lpft_sp's plain grid at seeds 0-9: lpft_sp's and lpft_sp_fresh's runs as one grid
   # (same fingerprint, no new run): lambda and the intervals from ten seeds (experiments/lpft_sp10/NOTES.md).
   c = get_config("lpft_sp")
@@ -315,6 +325,7 @@ PRESETS = {
     "lpft_sp_blind": _lpft_sp_blind,
     "lpft_sp_matched": _lpft_sp_matched,
     "lpft_sp_matched_fresh": _lpft_sp_matched_fresh,
+    "lpft_sp_matched1": _lpft_sp_matched1,
     "lpft_sp10": _lpft_sp10,
     "lpft_sp_l2": _lpft_sp_l2,
     "lpft_sp_l2wd": _lpft_sp_l2wd,
