@@ -295,10 +295,12 @@ if __name__ == "__main__":
   from absl import app, flags
   FLAGS = flags.FLAGS
   flags.DEFINE_string("config_file", "configs/experiments.py", "Experiment grid config file.")
-  # Grids with disjoint runs (a control preset stands for the plain grid it shares its rows with; lpft_sp_blind
-  # adds simple-to-complex, which lpft_sp_matched cannot run, to lpft_sp_matched's pair settings).
-  flags.DEFINE_list("presets", ["lpft_sp_matched", "lpft_sp_blind", "lpft_sp_es_control", "smollm_sp_control", "default",
-                                "lpft_control", "lpft_all_control", "lpft_sp_control_fresh", "lpft_sp_l2wd",
+  # Grids with disjoint runs (a control preset stands for the plain grid it shares its rows with). A grid listed
+  # after a superset of its runs (same fingerprint and seeds) adds only the settings the superset lacks: here
+  # simple-to-complex, which the length-matched grids cannot run.
+  flags.DEFINE_list("presets", ["lpft_sp_matched1", "lpft_sp_matched", "lpft_sp_blind", "lpft_sp_es_control",
+                                "smollm_sp_control", "default", "lpft_control", "lpft_all_control",
+                                "lpft_sp_matched_fresh", "lpft_sp_control_fresh", "lpft_sp_l2wd",
                                 "lpft_sp_gapcurve", "lpft_sp2", "essays512", "smollm_fresh"],
                     "Presets of the config file ('default': the grid without a preset).")
   flags.DEFINE_string("results", None, "Results file (default: each preset's).")
