@@ -117,7 +117,10 @@ def test_page_shows_each_method_and_paired_comparisons_and_refuses_a_foreign_fil
   again, fewer = copy.deepcopy(exp), copy.deepcopy(exp)
   fewer.seeds = exp.seeds[:2]
   twice = length.render([exp, again, fewer], num_samples=20)
-  assert twice.count(title) == 2 and twice.count(f"Not repeated: {title[2:-1]} (shown above under") == 1
+  assert twice.count(title) == 2 and twice.count(f"Not repeated (shown above): {title[2:-1]} under") == 1
+  assert length.not_repeated_line({"few_shot": "`:a`", "cross_lingual": "`:b`", "clean_to_noisy": "`:a`"}) == (
+      f"Not repeated (shown above): {grid_summary.TITLES['few_shot']}, {grid_summary.TITLES['clean_to_noisy']} "
+      f"under `:a`; {grid_summary.TITLES['cross_lingual']} under `:b`.")
   # A pair setting: the length-alone baseline counts the pairs whose chosen response is longer (ties half). The
   # file has 30 pairs (the grid's limit) and the rows' scores 200: every few-shot run is left out, and said so.
   pairs = Path(exp.data_dir) / "few_shot" / "target_test.jsonl"

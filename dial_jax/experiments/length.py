@@ -227,6 +227,14 @@ def cell_lines(c: dict) -> list[str]:
   return lines + [""]
 
 
+def not_repeated_line(shown_under: dict[str, str]) -> str:
+  """The line that stands for settings an earlier section showed: {setting: the grid whose section shows it}."""
+  by_grid = {}
+  for setting, grid in shown_under.items():
+    by_grid.setdefault(grid, []).append(grid_summary.TITLES[setting])
+  return "Not repeated (shown above): " + "; ".join(f"{', '.join(t)} under {g}" for g, t in by_grid.items()) + "."
+
+
 def render(grids: list[ml_collections.ConfigDict], *,
            num_samples: int = grid_summary.BOOTSTRAP_SAMPLES) -> str:
   lines = [TITLE, "",
@@ -256,8 +264,7 @@ def render(grids: list[ml_collections.ConfigDict], *,
     lines += [f"## {intervals.grid_name(exp)} (grid `{key[0]}`, seeds {', '.join(map(str, exp.seeds))})", ""]
     repeated = [c["setting"] for c in mine if (key, c["setting"]) in shown]
     if repeated:  # an earlier grid listed here (a superset of these runs, e.g. more variants) shows them
-      lines += [f"Not repeated: {', '.join(grid_summary.TITLES[s] for s in repeated)} (shown above under "
-                f"{shown[key, repeated[0]]}).", ""]
+      lines += [not_repeated_line({s: shown[key, s] for s in repeated}), ""]
       mine = [c for c in mine if c["setting"] not in repeated]
     shown.update({(key, c["setting"]): intervals.grid_name(exp) for c in mine})
     if not mine and not repeated:
